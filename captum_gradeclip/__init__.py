@@ -1,3 +1,18 @@
 """captum-gradeclip: Grad-ECLIP explanations for CLIP-style models as Captum attributions."""
 
+from .adapters import image_tower, text_tower
+from .errors import LayerNotExecutedError, UnsupportedModelError
+from .grad_eclip import GradECLIP
+from .scorers import ImageTextSimilarity, TextImageSimilarity
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "GradECLIP",
+    "ImageTextSimilarity",
+    "LayerNotExecutedError",
+    "TextImageSimilarity",
+    "UnsupportedModelError",
+    "image_tower",
+    "text_tower",
+]

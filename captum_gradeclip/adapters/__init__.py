@@ -1,0 +1,63 @@
+"""Adapters: model-specific knowledge, one module per family.
+
+:func:`image_tower` and :func:`text_tower` return the :class:`~captum_gradeclip.adapters.base.Tower` of a model;
+anything unknown raises :class:`~captum_gradeclip.errors.UnsupportedModelError`.
+"""
+
+from __future__ import annotations
+
+from torch import nn
+
+from ..errors import UnsupportedModelError
+from .attention import AttentionAdapter, attention_adapter, is_attention_module
+from .base import TokenLayout, Tower
+
+SUPPORTED_MODELS = (
+    "open_clip.CLIP (VisionTransformer image tower with class-token pooling, CLIP text tower)",
+    "transformers.CLIPModel",
+)
+
+
+def _family(model: nn.Module) -> str:
+    module = type(model).__module__
+    if module.startswith("open_clip"):
+        return "open_clip"
+    if module.startswith("transformers"):
+        return "hf"
+    return "unknown"
+
+
+def _unsupported(model: nn.Module, side: str) -> UnsupportedModelError:
+    return UnsupportedModelError(
+        f"cannot explain the {side} tower of {type(model).__module__}.{type(model).__name__}; "
+        f"supported models: {'; '.join(SUPPORTED_MODELS)}")
+
+
+def image_tower(model: nn.Module) -> Tower:
+    """The image tower adapter of ``model``."""
+    family = _family(model)
+    if family == "open_clip" and type(model).__name__ in ("CLIP", "CustomTextCLIP"):
+        visual = model.visual
+        if type(visual).__name__ == "VisionTransformer":
+            from .open_clip import OpenClipVisionTower
+            return OpenClipVisionTower(model, visual)
+    if family == "hf" and type(model).__name__ == "CLIPModel":
+        from .hf import HFCLIPVisionTower
+        return HFCLIPVisionTower(model)
+    raise _unsupported(model, "image")
+
+
+def text_tower(model: nn.Module) -> Tower:
+    """The text tower adapter of ``model``."""
+    family = _family(model)
+    if family == "open_clip" and type(model).__name__ == "CLIP":
+        from .open_clip import OpenClipTextTower
+        return OpenClipTextTower(model)
+    if family == "hf" and type(model).__name__ == "CLIPModel":
+        from .hf import HFCLIPTextTower
+        return HFCLIPTextTower(model)
+    raise _unsupported(model, "text")
+
+
+__all__ = ["AttentionAdapter", "TokenLayout", "Tower", "attention_adapter", "image_tower", "is_attention_module",
+           "text_tower", "SUPPORTED_MODELS"]

@@ -1,0 +1,251 @@
+"""Attention-module adapters: how to read q, k, v and the output projection of one attention module.
+
+An adapter wraps one attention module of a user's model and answers, from the arguments that the module
+received in a forward pass, the questions Grad-ECLIP asks of it:
+
+- ``qkv(args, kwargs)``: queries, keys and values of every token, per head, ``(N, H, L, d)`` each, exactly as
+  they enter the attention logits (after any per-head q/k normalisation or rotary embedding);
+- ``project(o)``: the map from the concatenated attention output ``o`` (``(..., C)``, before the output
+  projection) to the module's output ``y``;
+- ``output_tensor(output)`` / ``replace_output(output, y)``: read and replace ``y`` in whatever structure
+  the module returns (a tensor, or a tuple such as ``(y, attention_weights)``).
+
+Adapters never patch or re-run the module: they only read its parameters.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+
+QKV = Tuple[Tensor, Tensor, Tensor]
+
+
+def _heads(x: Tensor, num_heads: int) -> Tensor:
+    """(N, L, C) -> (N, H, L, C / H)."""
+    n, length, width = x.shape
+    return x.reshape(n, length, num_heads, width // num_heads).transpose(1, 2)
+
+
+class AttentionAdapter:
+    """Base class: one explained attention module.
+
+    Subclasses set :attr:`num_heads` and implement :meth:`qkv`, :meth:`project` and, where the module does
+    not return a plain tensor, :meth:`output_tensor` and :meth:`replace_output`.
+    """
+
+    #: True when :meth:`project` is affine, so its gradient does not depend on ``o``.
+    linear_projection: bool = True
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+        self.num_heads: int = 1
+        self.scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
+
+    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
+        raise NotImplementedError  # pragma: no cover - every registered adapter overrides it
+
+    def project(self, o: Tensor) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def output_tensor(self, output: Any) -> Tensor:
+        return output[0] if isinstance(output, tuple) else output
+
+    def replace_output(self, output: Any, y: Tensor) -> Any:
+        if isinstance(output, tuple):
+            return (y,) + tuple(output[1:])
+        return y
+
+    def logits(self, q: Tensor, k: Tensor) -> Tensor:
+        """Attention logits of the module (without mask), ``(N, H, Lq, Lk)``."""
+        scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
+        return torch.matmul(q, k.transpose(-1, -2)) * scale
+
+
+class MultiheadAttentionAdapter(AttentionAdapter):
+    """``torch.nn.MultiheadAttention`` (open_clip and OpenAI CLIP blocks, attention poolers)."""
+
+    def __init__(self, module: nn.MultiheadAttention) -> None:
+        super().__init__(module)
+        self.num_heads = module.num_heads
+        self.batch_first = module.batch_first
+
+    def _bf(self, x: Tensor) -> Tensor:
+        return x if self.batch_first else x.transpose(0, 1)
+
+    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
+        m: nn.MultiheadAttention = self.module  # type: ignore[assignment]
+        names = ("query", "key", "value")
+        query, key, value = (args[i] if len(args) > i else kwargs[names[i]] for i in range(3))
+        query, key, value = self._bf(query), self._bf(key), self._bf(value)
+        e = m.embed_dim
+        bias = m.in_proj_bias
+        bq, bk, bv = (None, None, None) if bias is None else (bias[:e], bias[e:2 * e], bias[2 * e:])
+        if m._qkv_same_embed_dim:
+            w = m.in_proj_weight
+            wq, wk, wv = w[:e], w[e:2 * e], w[2 * e:]
+        else:
+            wq, wk, wv = m.q_proj_weight, m.k_proj_weight, m.v_proj_weight
+        q = F.linear(query, wq.to(query.dtype), None if bq is None else bq.to(query.dtype))
+        k = F.linear(key, wk.to(key.dtype), None if bk is None else bk.to(key.dtype))
+        v = F.linear(value, wv.to(value.dtype), None if bv is None else bv.to(value.dtype))
+        if m.bias_k is not None:
+            raise UnsupportedModelError("nn.MultiheadAttention with add_bias_kv=True is not supported")
+        h = self.num_heads
+        return _heads(q, h), _heads(k, h), _heads(v, h)
+
+    def project(self, o: Tensor) -> Tensor:
+        proj = self.module.out_proj
+        return F.linear(o, proj.weight.to(o.dtype), None if proj.bias is None else proj.bias.to(o.dtype))
+
+    def output_tensor(self, output: Any) -> Tensor:
+        y = output[0] if isinstance(output, tuple) else output
+        return self._bf(y)
+
+    def replace_output(self, output: Any, y: Tensor) -> Any:
+        return super().replace_output(output, self._bf(y))
+
+
+class OpenClipAttentionAdapter(AttentionAdapter):
+    """open_clip's custom ``Attention`` (qk-norm, scaled cosine attention, head scale, inner norm)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.num_heads = module.num_heads
+        self.scale = module.scale
+        self.linear_projection = isinstance(module.ln_inner, nn.Identity)
+
+    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
+        m = self.module
+        x = args[0] if args else kwargs["x"]
+        bias = None if m.in_proj_bias is None else m.in_proj_bias.to(x.dtype)
+        q, k, v = F.linear(x, m.in_proj_weight.to(x.dtype), bias).chunk(3, dim=-1)
+        h = self.num_heads
+        q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+        if m.logit_scale is not None:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        else:
+            q, k = m.ln_q(q), m.ln_k(k)
+        return q, k, v
+
+    def logits(self, q: Tensor, k: Tensor) -> Tensor:
+        m = self.module
+        if m.logit_scale is not None:
+            scale = torch.clamp(m.logit_scale, max=m.logit_scale_max).exp().to(q.dtype)
+            return torch.matmul(q, k.transpose(-1, -2)) * scale
+        return super().logits(q, k)
+
+    def project(self, o: Tensor) -> Tensor:
+        m = self.module
+        if m.head_scale is not None:
+            shape = o.shape
+            o = o.reshape(*shape[:-1], self.num_heads, shape[-1] // self.num_heads)
+            o = (o * m.head_scale.reshape(self.num_heads, 1).to(o.dtype)).reshape(shape)
+        o = m.ln_inner(o)
+        return m.out_proj(o)
+
+
+class QKVLinearAttentionAdapter(AttentionAdapter):
+    """Attention with separate ``q_proj``/``k_proj``/``v_proj``/``out_proj`` linears (HuggingFace CLIP family).
+
+    Works for every ``attn_implementation`` (eager, sdpa, flash): only the projections are read.
+    """
+
+    q_name, k_name, v_name, o_name = "q_proj", "k_proj", "v_proj", "out_proj"
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.num_heads = int(getattr(module, "num_heads", 0) or module.config.num_attention_heads)
+        self.scale = getattr(module, "scale", None) or getattr(module, "scaling", None)
+
+    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
+        m = self.module
+        x = args[0] if args else kwargs["hidden_states"]
+        h = self.num_heads
+        q = getattr(m, self.q_name)(x)
+        k = getattr(m, self.k_name)(x)
+        v = getattr(m, self.v_name)(x)
+        return _heads(q, h), _heads(k, h), _heads(v, h)
+
+    def project(self, o: Tensor) -> Tensor:
+        return getattr(self.module, self.o_name)(o)
+
+
+def _is_qkv_linear(module: nn.Module) -> bool:
+    names = QKVLinearAttentionAdapter
+    return all(isinstance(getattr(module, n, None), nn.Linear)
+               for n in (names.q_name, names.k_name, names.v_name, names.o_name))
+
+
+def _is_open_clip_attention(module: nn.Module) -> bool:
+    return type(module).__name__ == "Attention" and type(module).__module__.startswith("open_clip") \
+        and hasattr(module, "in_proj_weight") and hasattr(module, "out_proj")
+
+
+#: (predicate, adapter class), tried in order.
+_REGISTRY: List[Tuple[Callable[[nn.Module], bool], Type[AttentionAdapter]]] = [
+    (lambda m: isinstance(m, nn.MultiheadAttention), MultiheadAttentionAdapter),
+    (_is_open_clip_attention, OpenClipAttentionAdapter),
+    (_is_qkv_linear, QKVLinearAttentionAdapter),
+]
+
+SUPPORTED_ATTENTION = ("torch.nn.MultiheadAttention", "open_clip Attention",
+                       "attention modules with q_proj/k_proj/v_proj/out_proj linears (HuggingFace)")
+
+
+def is_attention_module(module: nn.Module) -> bool:
+    """Whether an adapter exists for ``module``."""
+    return any(pred(module) for pred, _ in _REGISTRY)
+
+
+def attention_adapter(module: nn.Module) -> AttentionAdapter:
+    """The adapter for an attention module.
+
+    Raises:
+        UnsupportedModelError: if no adapter knows ``type(module)``.
+    """
+    for pred, cls in _REGISTRY:
+        if pred(module):
+            return cls(module)
+    raise UnsupportedModelError(
+        f"{type(module).__module__}.{type(module).__name__} is not an attention module that Grad-ECLIP can "
+        f"explain; supported: {', '.join(SUPPORTED_ATTENTION)}, or a transformer block containing one.")
+
+
+def full_width(x: Tensor) -> Tensor:
+    """(N, H, L, d) -> (N, L, H * d): heads concatenated as the output projection sees them."""
+    n, h, length, d = x.shape
+    return x.transpose(1, 2).reshape(n, length, h * d)
+
+
+def attention_output_at(adapter: AttentionAdapter, q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor]
+                        ) -> Tensor:
+    """Attention output ``o`` (heads concatenated) for the queries ``q`` ``(N, H, Lq, d)``.
+
+    ``allowed`` is a boolean ``(N, Lq, Lk)`` mask of keys each query may attend to (None: all).
+    """
+    logits = adapter.logits(q, k)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    attn = logits.softmax(dim=-1)
+    return full_width(torch.matmul(attn, v))
+
+
+def single_head_output(adapter: AttentionAdapter, q: Tensor, k: Tensor, v: Tensor, allowed: Optional[Tensor]
+                       ) -> Tensor:
+    """The module's output re-computed as ONE head over the full width (the authors' released code).
+
+    Scale ``1 / sqrt(C)`` with ``C = heads x head_dim``; the output projection is the module's own.
+    """
+    qf, kf, vf = full_width(q)[:, None], full_width(k)[:, None], full_width(v)[:, None]
+    logits = torch.matmul(qf, kf.transpose(-1, -2)) / math.sqrt(qf.shape[-1])
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed[:, None], float("-inf"))
+    o = torch.matmul(logits.softmax(dim=-1), vf)[:, 0]
+    return adapter.project(o)

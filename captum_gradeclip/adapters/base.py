@@ -1,0 +1,195 @@
+"""Tower adapters: what Grad-ECLIP needs to know about one tower (image or text) of a CLIP-style model.
+
+A :class:`Tower` knows how to encode its inputs into the joint embedding space, which transformer blocks it has,
+which attention module of a block to explain, which token is the pooling query, over which tokens the
+"loosened attention" is normalised, and how token positions map to the returned map (a patch grid for
+images, token positions for text). Everything model-specific lives in the subclasses of this module's
+siblings; the attribution core only talks to this interface.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from ..errors import UnsupportedModelError
+from .attention import attention_adapter, is_attention_module
+
+
+@dataclass
+class TokenLayout:
+    """Token bookkeeping for one batch of inputs.
+
+    Attributes:
+        query: ``(N,)`` position of the pooling query token in each example.
+        lam_mask: ``(N, L)`` positions over which the loosened attention is min-max normalised.
+        report_mask: ``(N, L)`` positions that appear in the returned map (patch tokens, or words).
+        allowed: ``(N, L, L)`` boolean attention mask of the tower (None: every token sees every token);
+            used when explained blocks are re-run as a single head.
+        grid: ``(h, w)`` patch grid on the image side, None on the text side.
+    """
+
+    query: Tensor
+    lam_mask: Tensor
+    report_mask: Tensor
+    allowed: Optional[Tensor] = None
+    grid: Optional[Tuple[int, int]] = None
+
+
+class Tower:
+    """One tower of a CLIP-style model, as seen by Grad-ECLIP.
+
+    Subclasses implement :meth:`encode`, :meth:`blocks`, :meth:`layout` and set :attr:`side` and
+    :attr:`root` (the tower's top module: explained layers must live inside it).
+    """
+
+    side: str = "image"
+    #: number of blocks explained by default (counted from the last); the text side uses the authors' 8.
+    default_depth: int = 1
+
+    def __init__(self, model: nn.Module, root: nn.Module) -> None:
+        self.model = model
+        self.root = root
+
+    # -- encoding ---------------------------------------------------------------------------------------
+    def encode(self, inputs: Any, *extra: Any) -> Tensor:
+        """Embeddings ``(N, E)`` (not normalised) of ``inputs``."""
+        raise NotImplementedError  # pragma: no cover - every tower overrides it
+
+    # -- layers -----------------------------------------------------------------------------------------
+    def blocks(self) -> List[nn.Module]:
+        """The transformer blocks of the tower, first to last."""
+        raise NotImplementedError  # pragma: no cover
+
+    def attention_of(self, block: nn.Module) -> nn.Module:
+        """The self-attention module of ``block`` that Grad-ECLIP explains."""
+        for name in ("attn", "self_attn", "attention"):
+            sub = getattr(block, name, None)
+            if isinstance(sub, nn.Module) and is_attention_module(sub):
+                return sub
+        found = [m for m in block.modules() if m is not block and is_attention_module(m)]
+        if len(found) == 1:
+            return found[0]
+        raise UnsupportedModelError(
+            f"cannot find the attention module of {type(block).__name__}: pass the attention module itself")
+
+    def default_layers(self) -> List[nn.Module]:
+        """Blocks explained when ``layer=None``: the last one (image) or the last 8 (text)."""
+        blocks = self.blocks()
+        return list(blocks[-min(self.default_depth, len(blocks)):])
+
+    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:
+        """Attention modules for the given blocks or attention modules, checked to belong to this tower."""
+        inside = {id(m) for m in self.root.modules()}
+        out: List[nn.Module] = []
+        for layer in layers:
+            if not isinstance(layer, nn.Module):
+                raise TypeError(f"layer must be an nn.Module or a list of them, got {type(layer).__name__}")
+            if id(layer) not in inside:
+                raise ValueError(
+                    f"{type(layer).__name__} is not part of the {self.side} tower that this scorer explains "
+                    f"({type(self.root).__name__}); pass a block or attention module of that tower")
+            module = layer if is_attention_module(layer) else self.attention_of(layer)
+            attention_adapter(module)  # raises UnsupportedModelError for unknown module types
+            if any(module is m for m in out):
+                raise ValueError(f"layer {type(layer).__name__} was given twice")
+            out.append(module)
+        return out
+
+    # -- tokens -----------------------------------------------------------------------------------------
+    def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
+        """Token bookkeeping for ``inputs``."""
+        raise NotImplementedError  # pragma: no cover
+
+    def validate(self, inputs: Any, *extra: Any) -> None:
+        """Raise a clear error for inputs of the wrong rank or dtype."""
+
+    def pooled_tail(self, attention: nn.Module) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
+        """Optional fast path: for the attention module of the last block, a function that maps
+        (the block's input row at the query, the attention output row at the query) to the embedding.
+
+        Towers that return a function let Grad-ECLIP differentiate only the query's path after the explained
+        layer; None means "differentiate the whole forward".
+        """
+        return None
+
+
+def interpolate_positions(pos: Tensor, old_grid: Tuple[int, int], new_grid: Tuple[int, int],
+                          num_prefix: int = 1) -> Tensor:
+    """Bicubic interpolation of a ``(prefix + gh * gw, D)`` positional embedding to another patch grid.
+
+    The prefix rows (class token) are kept as they are, as the Grad-ECLIP authors do. Returns a new tensor;
+    the model's parameter is never written.
+    """
+    if tuple(old_grid) == tuple(new_grid):
+        return pos
+    prefix, grid = pos[:num_prefix], pos[num_prefix:]
+    d = grid.shape[-1]
+    grid = grid.reshape(1, old_grid[0], old_grid[1], d).permute(0, 3, 1, 2).float()
+    grid = F.interpolate(grid, size=new_grid, mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(new_grid[0] * new_grid[1], d).to(pos.dtype)
+    return torch.cat([prefix, grid], dim=0)
+
+
+def check_images(images: Any, patch: Tuple[int, int], name: str = "images") -> None:
+    """Images must be a float tensor (N, 3, H, W) whose sides are at least one patch."""
+    if not isinstance(images, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (N, 3, H, W), got {type(images).__name__}")
+    if images.dim() != 4:
+        raise ValueError(f"{name} must have shape (N, C, H, W), got a tensor of shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor (normalised pixels), got {images.dtype}")
+    if images.shape[-2] < patch[0] or images.shape[-1] < patch[1]:
+        raise ValueError(f"{name} of size {tuple(images.shape[-2:])} are smaller than one patch {patch}")
+
+
+def check_tokens(tokens: Any, name: str = "token ids") -> None:
+    """Token ids must be an integer tensor (N, L)."""
+    if not isinstance(tokens, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor (N, L) of integers, got {type(tokens).__name__}")
+    if tokens.dim() != 2:
+        raise ValueError(f"{name} must have shape (N, L), got a tensor of shape {tuple(tokens.shape)}")
+    if tokens.is_floating_point() or tokens.dtype == torch.bool:
+        raise TypeError(f"{name} must be an integer tensor, got {tokens.dtype}")
+
+
+def causal_layout(tokens: Tensor, query: Tensor, valid: Tensor, causal: bool, single_head: bool,
+                  first_word: int = 1) -> TokenLayout:
+    """Text layout for towers pooled at one query token.
+
+    Args:
+        tokens: ``(N, L)`` ids.
+        query: ``(N,)`` pooling position.
+        valid: ``(N, L)`` positions that are not padding (attention mask).
+        causal: whether the tower uses a causal mask.
+        single_head: the authors' normalisation of lam over all context positions.
+        first_word: first position that is a word (1 after a start token).
+    """
+    n, length = tokens.shape
+    pos = torch.arange(length, device=tokens.device)
+    attends = valid.clone()
+    if causal:
+        attends &= pos[None, :] <= query[:, None]
+    report = valid & (pos[None, :] >= first_word) & (pos[None, :] != query[:, None])
+    if causal:
+        report &= pos[None, :] < query[:, None]
+    allowed = valid[:, None, :].expand(n, length, length)
+    if causal:
+        allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
+    # a query row with nothing allowed (padding rows under a key mask) would give NaN; let it see itself
+    allowed = allowed | torch.eye(length, dtype=torch.bool, device=tokens.device)[None]
+    lam_mask = torch.ones_like(valid) if single_head else attends
+    return TokenLayout(query=query, lam_mask=lam_mask, report_mask=report, allowed=allowed)
+
+
+def cls_image_layout(n: int, grid: Tuple[int, int], device: torch.device, num_prefix: int = 1) -> TokenLayout:
+    """Image layout for ViTs with a class token at position 0 followed by the patch grid."""
+    length = num_prefix + grid[0] * grid[1]
+    report = torch.zeros(n, length, dtype=torch.bool, device=device)
+    report[:, num_prefix:] = True
+    query = torch.zeros(n, dtype=torch.long, device=device)
+    return TokenLayout(query=query, lam_mask=report, report_mask=report, allowed=None, grid=grid)

@@ -1,0 +1,406 @@
+"""Grad-ECLIP as a Captum ``LayerAttribution``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+import torch.nn.functional as F
+from captum._utils.common import _format_additional_forward_args
+from captum._utils.typing import TargetType
+from captum.attr import LayerAttribution
+from captum.attr._utils.attribution import GradientAttribution
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from .adapters.attention import AttentionAdapter, attention_adapter, attention_output_at, full_width, \
+    single_head_output
+from .adapters.base import TokenLayout, Tower
+from .errors import LayerNotExecutedError
+
+LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
+
+
+@dataclass
+class _Record:
+    """What the hooks saw of one explained attention module during one forward pass."""
+
+    adapter: AttentionAdapter
+    args: Tuple[Any, ...] = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    runs: int = 0
+    probe: Optional[Tensor] = None  # zero tensor added at the query row: its gradient is dS/dy_query
+    y_query: Optional[Tensor] = None  # fast path: the output row at the query
+    block_in: Optional[Tensor] = None  # fast path: the block's input row at the query
+
+
+def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
+    for a in list(args) + list(kwargs.values()):
+        if isinstance(a, Tensor):
+            return a
+    raise LayerNotExecutedError("the explained block received no tensor input")
+
+
+def _masked_minmax(s: Tensor, mask: Tensor) -> Tensor:
+    """Min-max normalise ``s`` (N, L) over ``mask`` per row; zero outside the mask; 1 where max == min."""
+    inf = torch.finfo(s.dtype).max
+    lo = s.masked_fill(~mask, inf).amin(dim=1, keepdim=True)
+    hi = s.masked_fill(~mask, -inf).amax(dim=1, keepdim=True)
+    span = hi - lo
+    lam = torch.where(span > 0, (s - lo) / span.clamp_min(torch.finfo(s.dtype).tiny), torch.ones_like(s))
+    return lam * mask
+
+
+class GradECLIP(LayerAttribution, GradientAttribution):
+    r"""Grad-ECLIP: gradient-based explanations of CLIP's image-text similarity.
+
+    Zhao et al., "Gradient-based Visual Explanation for Transformer-based CLIP", ICML 2024
+    (https://proceedings.mlr.press/v235/zhao24p.html), and "Grad-ECLIP: Gradient-based Visual and Textual
+    Explanations for CLIP" (https://arxiv.org/abs/2502.18816).
+
+    For an explained attention layer with pooling query :math:`p` (the class token of a ViT, the EOS token of
+    the text tower), attention output :math:`o` before the output projection, values :math:`v_i` and the
+    similarity :math:`S = \cos(f_I, f_T)`:
+
+    .. math::
+
+        g = \frac{\partial S}{\partial o_p},\qquad
+        \lambda_i = \operatorname{minmax}_i \cos(q_p, k_i),\qquad
+        m_i = \lambda_i \sum_c g_c\, v_{i,c}
+
+    with q, k, v of full width (heads concatenated). Image side: ReLU per layer, then the sum over layers;
+    text side: the sum over layers, then ReLU (as the authors do). By default the unmodified model is
+    explained; ``single_head=True`` reproduces the authors' released code, which re-runs each explained
+    block's attention as one head over the full width (and, on the text side, normalises :math:`\lambda` over
+    every context position, padding included).
+
+    Args:
+        forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
+            explained; it tells which tower (image or text) and which tokens are explained.
+        layer (nn.Module or list of nn.Module, optional): transformer blocks (or their attention modules) of
+            the explained tower. Default: the last block on the image side, the last 8 on the text side
+            (see :func:`~captum_gradeclip.default_layers`).
+        device_ids (list of int, optional): kept for Captum's signature; DataParallel is not supported.
+            Default: None
+        single_head (bool, optional): reproduce the authors' released code. Default: False
+        chunk_size (int, optional): how many targets share one batched backward pass in
+            :meth:`attribute_all`. Default: 32
+
+    Examples::
+
+        >>> scorer = ImageTextSimilarity(model, tokens)
+        >>> ge = GradECLIP(scorer, model.visual.transformer.resblocks[-1])
+        >>> heat = ge.attribute(images, target=0)            # (N, 1, h, w)
+        >>> heat_px = LayerAttribution.interpolate(heat, images.shape[-2:], "bilinear")
+        >>> every = ge.attribute_all(images)                 # (N, T, h, w): every text, one forward pass
+    """
+
+    def __init__(self, forward_func: Callable, layer: LayerSpec = None, device_ids: Optional[List[int]] = None,
+                 *, single_head: bool = False, chunk_size: int = 32) -> None:
+        tower = getattr(forward_func, "tower", None)
+        if not isinstance(tower, Tower) or not callable(getattr(forward_func, "score", None)):
+            raise TypeError(
+                "GradECLIP needs a scorer built by captum_gradeclip (ImageTextSimilarity or TextImageSimilarity)"
+                f" as forward_func, got {type(forward_func).__name__}; wrap your model, e.g. "
+                "ImageTextSimilarity(model, tokens)")
+        if layer is None:
+            blocks = tower.default_layers()
+        elif isinstance(layer, nn.Module) and not isinstance(layer, (nn.ModuleList, nn.Sequential)):
+            blocks = [layer]
+        else:
+            blocks = list(layer)
+        if not blocks:
+            raise ValueError("layer must name at least one block or attention module")
+        if not isinstance(chunk_size, int) or chunk_size < 1:
+            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
+        GradientAttribution.__init__(self, forward_func)
+        self.tower: Tower = tower
+        self.attention_modules: List[nn.Module] = tower.resolve(blocks)
+        self.single_head = bool(single_head)
+        self.chunk_size = chunk_size
+
+    # ------------------------------------------------------------------------------------------------------
+    @log_usage()
+    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
+                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        r"""Grad-ECLIP maps of one target per example.
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` for an image scorer, token ids
+                ``(N, L)`` for a text scorer. A tuple gives a tuple back (as Captum's metrics expect).
+            target (int, tuple, Tensor or list, optional): the scorer's output column to explain, with
+                Captum's semantics: one int for every example, or a list / 1-D tensor of N ints (one per
+                example). May be None only when the scorer has a single column. Default: None
+            additional_forward_args (Any, optional): extra scorer arguments (the attention mask of HF text).
+                Default: None
+
+        Returns:
+            *Tensor* or *tuple[Tensor]* of **attributions**:
+            - **attributions** (*Tensor*): non-negative raw scores; ``(N, 1, h, w)`` on the patch grid for
+              images (ready for ``LayerAttribution.interpolate``), ``(N, L)`` over token positions for text
+              (zero at the start and end tokens and at padding).
+
+        Examples::
+
+            >>> heat = GradECLIP(scorer).attribute(images, target=[0, 1])
+        """
+        x, is_tuple = self._unpack(inputs)
+
+        def select(scores: Tensor) -> Tensor:
+            return self._target_columns(scores, target)
+
+        maps = self._attribute(x, additional_forward_args, select)[:, 0]
+        if self.tower.side == "image":
+            maps = maps[:, None]
+        return (maps,) if is_tuple else maps
+
+    @log_usage()
+    def attribute_all(self, inputs: Union[Tensor, Tuple[Tensor, ...]],
+                      targets: Union[None, int, Sequence[int], Tensor] = None,
+                      additional_forward_args: Any = None) -> Tensor:
+        r"""Grad-ECLIP maps of many targets from ONE forward pass.
+
+        Equal to stacking ``attribute(inputs, target=k)`` for every ``k`` in ``targets``, but the forward pass
+        is shared and the gradients of all targets come from batched backward passes (``chunk_size`` targets
+        at a time).
+
+        Args:
+            inputs (Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
+            targets (sequence of int or 1-D Tensor, optional): the scorer's columns to explain, the same for
+                every example. Default: every column.
+            additional_forward_args (Any, optional): extra scorer arguments. Default: None
+
+        Returns:
+            Tensor: ``(N, K, h, w)`` for images, ``(N, K, L)`` for text, non-negative.
+
+        Examples::
+
+            >>> maps = GradECLIP(scorer).attribute_all(images)            # all texts of the scorer
+            >>> maps = GradECLIP(scorer).attribute_all(images, [0, 3])    # two of them
+        """
+        x, _ = self._unpack(inputs)
+
+        def select(scores: Tensor) -> Tensor:
+            cols = torch.arange(scores.shape[1], device=scores.device) if targets is None \
+                else torch.as_tensor(targets, device=scores.device).reshape(-1)
+            if cols.numel() == 0 or cols.is_floating_point():
+                raise ValueError(f"targets must be a non-empty sequence of ints, got {targets!r}")
+            self._check_target(scores, cols.tolist())
+            return (cols % scores.shape[1])[None, :].expand(scores.shape[0], -1)
+
+        return self._attribute(x, additional_forward_args, select)
+
+    # ------------------------------------------------------------------------------------------------------
+    def _unpack(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bool]:
+        if isinstance(inputs, tuple):
+            if len(inputs) != 1:
+                raise ValueError(f"GradECLIP explains one input tensor; got a tuple of {len(inputs)}")
+            return inputs[0], True
+        return inputs, False
+
+    def _target_columns(self, scores: Tensor, target: TargetType) -> Tensor:
+        """Captum's target semantics as column indices (N, 1)."""
+        self._check_target(scores, target)
+        n, t = scores.shape[0], scores.shape[1]
+        if target is None:
+            cols = torch.zeros(n, dtype=torch.long, device=scores.device)
+        elif isinstance(target, tuple):
+            cols = torch.full((n,), target[0], dtype=torch.long, device=scores.device)
+        else:
+            cols = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1).expand(n)
+        return (cols % t)[:, None]
+
+    @staticmethod
+    def _check_target(scores: Tensor, target: TargetType) -> None:
+        n, t = scores.shape[0], scores.shape[1] if scores.dim() > 1 else 1
+        if target is None:
+            if t != 1:
+                raise ValueError(f"target is required: the scorer has {t} columns (texts or images); "
+                                 "pass an int, or a list of N ints")
+            return
+        if isinstance(target, tuple):
+            if len(target) != 1:
+                raise ValueError(f"a tuple target indexes the (N, T) output with one int, got {target!r}")
+            values = list(target)
+        elif isinstance(target, Tensor):
+            values = target.reshape(-1).tolist()
+            if target.numel() not in (1, n):
+                raise ValueError(f"target tensor must have 1 or N={n} elements, got {target.numel()}")
+        elif isinstance(target, list):
+            values = target
+            if len(target) != n:
+                raise ValueError(f"target list must have N={n} elements (one per example), got {len(target)}")
+        elif isinstance(target, int):
+            values = [target]
+        else:
+            raise TypeError(f"target must be an int, a list or a tensor of ints, got {type(target).__name__}")
+        for v in values:
+            if not isinstance(v, int) or not -t <= v < t:
+                raise ValueError(f"target {v!r} is out of range: the scorer has {t} columns (0..{t - 1})")
+
+    def _attribute(self, inputs: Tensor, additional_forward_args: Any,
+                   select: Callable[[Tensor], Tensor]) -> Tensor:
+        extra = _format_additional_forward_args(additional_forward_args) or ()
+        tower = self.tower
+        tower.validate(inputs, *extra)
+        with torch.inference_mode(False):
+            layout = tower.layout(inputs, *extra, single_head=self.single_head)
+            fast = self._fast_tail() if len(self.attention_modules) == 1 else None
+            records = self._forward(inputs, extra, layout, fast)
+            scores = records.pop("__scores__")
+            if scores.dim() != 2:
+                raise ValueError(f"the scorer must return (N, T) similarities, got shape {tuple(scores.shape)}")
+            columns = select(scores)  # (N, K)
+            grads = self._gradients(scores, columns, records, fast)
+            return self._maps(records, grads, layout)
+
+    def _fast_tail(self) -> Optional[Tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]]:
+        module = self.attention_modules[0]
+        tail = self.tower.pooled_tail(module)
+        if tail is None:
+            return None
+        block = next(b for b in self.tower.blocks() if any(m is module for m in b.modules()))
+        return block, tail
+
+    def _forward(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
+                 fast: Optional[Tuple[nn.Module, Callable]]) -> Dict[str, Any]:
+        """Run the scorer once with hooks on the explained layers; no graph before the first of them."""
+        records: Dict[str, Any] = {str(i): _Record(attention_adapter(m)) for i, m in enumerate(self.attention_modules)}
+        query = layout.query
+        handles = []
+
+        def pre_hook(rec: _Record) -> Callable:
+            def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+                rec.args, rec.kwargs = args, kwargs
+            return hook
+
+        def out_hook(rec: _Record) -> Callable:
+            def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Any:
+                rec.runs += 1
+                adapter = rec.adapter
+                y = adapter.output_tensor(output)
+                replaced = False
+                if self.single_head:
+                    q, k, v = adapter.qkv(args, kwargs)
+                    y = single_head_output(adapter, q, k, v, layout.allowed).to(y.dtype)
+                    replaced = True
+                rows = torch.arange(y.shape[0], device=y.device)
+                if fast is not None:
+                    rec.y_query = y[rows, query].detach()
+                    return adapter.replace_output(output, y) if replaced else None
+                if not torch.is_grad_enabled():
+                    torch.set_grad_enabled(True)  # restored when the surrounding no_grad() exits
+                    y = y.detach()
+                probe = torch.zeros(y.shape[0], y.shape[-1], dtype=y.dtype, device=y.device, requires_grad=True)
+                onehot = F.one_hot(query, y.shape[1]).to(y.dtype)
+                rec.probe = probe
+                return adapter.replace_output(output, y + onehot[:, :, None] * probe[:, None, :])
+            return hook
+
+        def block_hook(rec: _Record) -> Callable:
+            def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+                x = _first_tensor(args, kwargs)
+                rec.block_in = x[torch.arange(x.shape[0], device=x.device), query].detach()
+            return hook
+
+        try:
+            for i, module in enumerate(self.attention_modules):
+                rec = records[str(i)]
+                handles.append(module.register_forward_pre_hook(pre_hook(rec), with_kwargs=True))
+                handles.append(module.register_forward_hook(out_hook(rec), with_kwargs=True))
+            if fast is not None:
+                handles.append(fast[0].register_forward_pre_hook(block_hook(records["0"]), with_kwargs=True))
+            with torch.no_grad():
+                scores = self.forward_func(inputs, *extra)
+        finally:
+            for h in handles:
+                h.remove()
+        for i, module in enumerate(self.attention_modules):
+            runs = records[str(i)].runs
+            if runs != 1:
+                what = "did not run" if runs == 0 else f"ran {runs} times"
+                raise LayerNotExecutedError(
+                    f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
+                    "pass blocks of the tower that the scorer encodes")
+        records["__scores__"] = scores
+        return records
+
+    def _batched_grad(self, outputs: Tensor, wrt: List[Tensor], retain: bool) -> List[Tensor]:
+        """Gradients of every column of ``outputs`` (N, K) w.r.t. ``wrt``: a list of (K, *t.shape)."""
+        n, k = outputs.shape
+        eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)[:, None, :].expand(k, n, k)
+        try:
+            grads = torch.autograd.grad(outputs, wrt, grad_outputs=eye, retain_graph=retain,
+                                        is_grads_batched=True, allow_unused=True)
+        except RuntimeError:  # an op without a batching rule: one backward per target
+            per = [torch.autograd.grad(outputs[:, j].sum(), wrt, retain_graph=True, allow_unused=True)
+                   for j in range(k)]
+            grads = tuple(torch.stack([p[i] if p[i] is not None else torch.zeros_like(wrt[i]) for p in per])
+                          for i in range(len(wrt)))
+        return [g if g is not None else torch.zeros((k,) + tuple(t.shape), dtype=t.dtype, device=t.device)
+                for g, t in zip(grads, wrt)]
+
+    def _gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any],
+                   fast: Optional[Tuple[nn.Module, Callable]]) -> List[Tensor]:
+        """dS/dy at the query row for every explained layer: a list of (K, N, D)."""
+        k = columns.shape[1]
+        chosen = scores.gather(1, columns)
+        recs = [records[str(i)] for i in range(len(self.attention_modules))]
+        if fast is not None:
+            rec = recs[0]
+            with torch.enable_grad():
+                y = rec.y_query.clone().requires_grad_(True)
+                chosen = self.forward_func.score(fast[1](rec.block_in, y)).gather(1, columns)
+                outs = [self._batched_grad(chosen[:, j:j + self.chunk_size], [y], True)[0]
+                        for j in range(0, k, self.chunk_size)]
+            return [torch.cat(outs, dim=0)]
+        probes = [r.probe for r in recs]
+        if not chosen.requires_grad:
+            return [torch.zeros((k,) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in probes]
+        chunks = [self._batched_grad(chosen[:, j:j + self.chunk_size], probes, j + self.chunk_size < k)
+                  for j in range(0, k, self.chunk_size)]
+        return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(probes))]
+
+    def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
+        per_layer = []
+        for i in range(len(self.attention_modules)):
+            rec: _Record = records[str(i)]
+            adapter = rec.adapter
+            with torch.no_grad():
+                q, k, v = adapter.qkv(rec.args, rec.kwargs)
+                g = self._channel_weights(adapter, grads[i], q, k, v, layout)  # (K, N, C) float32
+                rows = torch.arange(q.shape[0], device=q.device)
+                qf, kf, vf = full_width(q).float(), full_width(k).float(), full_width(v).float()
+                sim = F.cosine_similarity(qf[rows, layout.query][:, None, :], kf, dim=-1)  # (N, L)
+                lam = _masked_minmax(sim, layout.lam_mask)
+                per_layer.append(torch.einsum("knc,nlc->knl", g, vf) * lam[None])
+        if self.tower.side == "image":
+            total = sum(F.relu(m) for m in per_layer)
+        else:
+            total = F.relu(sum(per_layer))
+        total = total.transpose(0, 1) * layout.report_mask[:, None, :]  # (N, K, L)
+        if layout.grid is None:
+            return total
+        keep = layout.report_mask[0]
+        h, w = layout.grid
+        return total[:, :, keep].reshape(total.shape[0], total.shape[1], h, w)
+
+    def _channel_weights(self, adapter: AttentionAdapter, dy: Tensor, q: Tensor, k: Tensor, v: Tensor,
+                         layout: TokenLayout) -> Tensor:
+        """g = dS/do at the query: the gradient at the module output pulled back through its projection."""
+        n = q.shape[0]
+        param = next(adapter.module.parameters())
+        rows = torch.arange(n, device=q.device)
+        if adapter.linear_projection:
+            o = torch.zeros(n, full_width(v).shape[-1], dtype=param.dtype, device=param.device)
+        else:
+            allowed = None if layout.allowed is None else layout.allowed[rows, layout.query][:, None, :]
+            qq = q[rows, :, layout.query][:, :, None, :]
+            o = attention_output_at(adapter, qq, k, v, allowed)[:, 0].to(param.dtype)
+        with torch.enable_grad():
+            o = o.detach().requires_grad_(True)
+            y = adapter.project(o)
+            (g,) = torch.autograd.grad(y, o, grad_outputs=dy.to(y.dtype), is_grads_batched=True)
+        return g.float()
