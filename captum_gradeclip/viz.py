@@ -598,8 +598,10 @@ def plot_image_maps(
             ``ncols < 1``.
 
     Examples:
+        >>> img, maps = torch.rand(3, 224, 300), torch.rand(2, 1, 7, 7)
         >>> fig = plot_image_maps(img, maps, ["a dog", "a cat"], scores=[0.31, 0.12])
-        >>> save_figure(fig, "maps.png")
+        >>> [ax.get_title() for ax in fig.axes]
+        ['image', 'a dog (0.31)', 'a cat (0.12)']
     """
     items, names = _collect_maps(maps, titles)
     if scores is not None:
@@ -786,7 +788,8 @@ def plot_tokens(
 
     Examples:
         >>> fig = plot_tokens(["a", "photo", "of", "a", "dog"], [0, .2, 0, .1, .7])
-        >>> save_figure(fig, "words.png")
+        >>> len(fig.axes[0].texts)
+        5
     """
     s = _scores_1d(scores)
     toks = _check_tokens(tokens, s)
@@ -1004,8 +1007,10 @@ def save_figure(
         TypeError: ``fig`` is not a matplotlib Figure.
 
     Examples:
-        >>> save_figure(plot_tokens(["a", "dog"], [0.2, 0.8]), "out/words.png")
-        PosixPath('out/words.png')
+        >>> import tempfile
+        >>> out_dir = Path(tempfile.mkdtemp())
+        >>> save_figure(plot_tokens(["a", "dog"], [0.2, 0.8]), out_dir / "words.png").name
+        'words.png'
     """
     if not isinstance(fig, Figure):
         raise TypeError(f"fig must be a matplotlib.figure.Figure, got {type(fig).__name__}")
