@@ -43,10 +43,10 @@ def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
 
 
 def _masked_minmax(s: Tensor, mask: Tensor) -> Tensor:
-    """Min-max normalise ``s`` (N, L) over ``mask`` per row; zero outside the mask; 1 where max == min."""
+    """Min-max normalise ``s`` (..., L) over ``mask`` along the last axis; zero outside the mask; 1 where max == min."""
     inf = torch.finfo(s.dtype).max
-    lo = s.masked_fill(~mask, inf).amin(dim=1, keepdim=True)
-    hi = s.masked_fill(~mask, -inf).amax(dim=1, keepdim=True)
+    lo = s.masked_fill(~mask, inf).amin(dim=-1, keepdim=True)
+    hi = s.masked_fill(~mask, -inf).amax(dim=-1, keepdim=True)
     span = hi - lo
     lam = torch.where(span > 0, (s - lo) / span.clamp_min(torch.finfo(s.dtype).tiny), torch.ones_like(s))
     return lam * mask
@@ -187,7 +187,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 else torch.as_tensor(targets, device=scores.device).reshape(-1)
             if cols.numel() == 0 or cols.is_floating_point():
                 raise ValueError(f"targets must be a non-empty sequence of ints, got {targets!r}")
-            self._check_target(scores, cols.tolist())
+            for c in cols.tolist():
+                self._check_target(scores, int(c))
             return (cols % scores.shape[1])[None, :].expand(scores.shape[0], -1)
 
         return self._attribute(x, additional_forward_args, select)
@@ -264,11 +265,18 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         block = next(b for b in self.tower.blocks() if any(m is module for m in b.modules()))
         return block, tail
 
+    @staticmethod
+    def _queries(layout: TokenLayout, n: int, length: int, device: torch.device) -> Tuple[Tensor, Tensor]:
+        """Query positions (N, Q) and their 0/1 weights (N, Q): one pooling query, or every masked token."""
+        if layout.query_mask is None:
+            return layout.query.reshape(n, 1), torch.ones(n, 1, device=device)
+        pos = torch.arange(length, device=device).expand(n, length)
+        return pos, layout.query_mask.float()
+
     def _forward(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                  fast: Optional[Tuple[nn.Module, Callable]]) -> Dict[str, Any]:
         """Run the scorer once with hooks on the explained layers; no graph before the first of them."""
         records: Dict[str, Any] = {str(i): _Record(attention_adapter(m)) for i, m in enumerate(self.attention_modules)}
-        query = layout.query
         handles = []
 
         def pre_hook(rec: _Record) -> Callable:
@@ -286,23 +294,27 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     q, k, v = adapter.qkv(args, kwargs)
                     y = single_head_output(adapter, q, k, v, layout.allowed).to(y.dtype)
                     replaced = True
-                rows = torch.arange(y.shape[0], device=y.device)
+                n, length = y.shape[0], y.shape[1]
+                pos, weight = self._queries(layout, n, length, y.device)
+                rows = torch.arange(n, device=y.device)[:, None]
                 if fast is not None:
-                    rec.y_query = y[rows, query].detach()
+                    rec.y_query = y[rows, pos].detach()
                     return adapter.replace_output(output, y) if replaced else None
                 if not torch.is_grad_enabled():
                     torch.set_grad_enabled(True)  # restored when the surrounding no_grad() exits
                     y = y.detach()
-                probe = torch.zeros(y.shape[0], y.shape[-1], dtype=y.dtype, device=y.device, requires_grad=True)
-                onehot = F.one_hot(query, y.shape[1]).to(y.dtype)
+                probe = torch.zeros(n, pos.shape[1], y.shape[-1], dtype=y.dtype, device=y.device,
+                                    requires_grad=True)
+                scatter = F.one_hot(pos, length).to(y.dtype) * weight[..., None].to(y.dtype)  # (N, Q, L)
                 rec.probe = probe
-                return adapter.replace_output(output, y + onehot[:, :, None] * probe[:, None, :])
+                return adapter.replace_output(output, y + torch.einsum("nql,nqd->nld", scatter, probe))
             return hook
 
         def block_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
                 x = _first_tensor(args, kwargs)
-                rec.block_in = x[torch.arange(x.shape[0], device=x.device), query].detach()
+                pos, _ = self._queries(layout, x.shape[0], x.shape[1], x.device)
+                rec.block_in = x[torch.arange(x.shape[0], device=x.device)[:, None], pos].detach()
             return hook
 
         try:
@@ -344,18 +356,18 @@ class GradECLIP(LayerAttribution, GradientAttribution):
 
     def _gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any],
                    fast: Optional[Tuple[nn.Module, Callable]]) -> List[Tensor]:
-        """dS/dy at the query row for every explained layer: a list of (K, N, D)."""
+        """dS/dy at the query rows for every explained layer: a list of (K, N, Q, D)."""
         k = columns.shape[1]
-        chosen = scores.gather(1, columns)
         recs = [records[str(i)] for i in range(len(self.attention_modules))]
         if fast is not None:
             rec = recs[0]
             with torch.enable_grad():
                 y = rec.y_query.clone().requires_grad_(True)
-                chosen = self.forward_func.score(fast[1](rec.block_in, y)).gather(1, columns)
+                chosen = self.forward_func.score(fast[1](rec.block_in[:, 0], y[:, 0])).gather(1, columns)
                 outs = [self._batched_grad(chosen[:, j:j + self.chunk_size], [y], True)[0]
                         for j in range(0, k, self.chunk_size)]
             return [torch.cat(outs, dim=0)]
+        chosen = scores.gather(1, columns)
         probes = [r.probe for r in recs]
         if not chosen.requires_grad:
             return [torch.zeros((k,) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in probes]
@@ -370,12 +382,14 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             adapter = rec.adapter
             with torch.no_grad():
                 q, k, v = adapter.qkv(rec.args, rec.kwargs)
-                g = self._channel_weights(adapter, grads[i], q, k, v, layout)  # (K, N, C) float32
-                rows = torch.arange(q.shape[0], device=q.device)
+                n = q.shape[0]
+                pos, weight = self._queries(layout, n, q.shape[2], q.device)
+                rows = torch.arange(n, device=q.device)[:, None]
+                g = self._channel_weights(adapter, grads[i], q, k, v, pos, layout)  # (K, N, Q, C) float32
                 qf, kf, vf = full_width(q).float(), full_width(k).float(), full_width(v).float()
-                sim = F.cosine_similarity(qf[rows, layout.query][:, None, :], kf, dim=-1)  # (N, L)
-                lam = _masked_minmax(sim, layout.lam_mask)
-                per_layer.append(torch.einsum("knc,nlc->knl", g, vf) * lam[None])
+                sim = F.cosine_similarity(qf[rows, pos][:, :, None, :], kf[:, None, :, :], dim=-1)  # (N, Q, L)
+                lam = _masked_minmax(sim, layout.lam_mask[:, None, :].expand_as(sim)) * weight[..., None]
+                per_layer.append(torch.einsum("knqc,nlc,nql->knl", g, vf, lam))
         if self.tower.side == "image":
             total = sum(F.relu(m) for m in per_layer)
         else:
@@ -388,17 +402,17 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return total[:, :, keep].reshape(total.shape[0], total.shape[1], h, w)
 
     def _channel_weights(self, adapter: AttentionAdapter, dy: Tensor, q: Tensor, k: Tensor, v: Tensor,
-                         layout: TokenLayout) -> Tensor:
-        """g = dS/do at the query: the gradient at the module output pulled back through its projection."""
+                         pos: Tensor, layout: TokenLayout) -> Tensor:
+        """g = dS/do at the queries: the gradient at the module output pulled back through its projection."""
         n = q.shape[0]
         param = next(adapter.module.parameters())
-        rows = torch.arange(n, device=q.device)
+        rows = torch.arange(n, device=q.device)[:, None]
         if adapter.linear_projection:
-            o = torch.zeros(n, full_width(v).shape[-1], dtype=param.dtype, device=param.device)
+            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=param.device)
         else:
-            allowed = None if layout.allowed is None else layout.allowed[rows, layout.query][:, None, :]
-            qq = q[rows, :, layout.query][:, :, None, :]
-            o = attention_output_at(adapter, qq, k, v, allowed)[:, 0].to(param.dtype)
+            allowed = None if layout.allowed is None else layout.allowed[rows, pos]
+            qq = q.transpose(1, 2)[rows, pos].transpose(1, 2)  # (N, H, Q, d)
+            o = attention_output_at(adapter, qq, k, v, allowed).to(param.dtype)
         with torch.enable_grad():
             o = o.detach().requires_grad_(True)
             y = adapter.project(o)

@@ -31,6 +31,9 @@ class TokenLayout:
         allowed: ``(N, L, L)`` boolean attention mask of the tower (None: every token sees every token);
             used when explained blocks are re-run as a single head.
         grid: ``(h, w)`` patch grid on the image side, None on the text side.
+        query_mask: ``(N, Lq)`` for towers pooled by averaging (no pooling token): every masked position is a
+            query and the per-query maps are summed (the pooling weight is already in the gradient). When
+            given, ``query`` is ignored.
     """
 
     query: Tensor
@@ -38,6 +41,7 @@ class TokenLayout:
     report_mask: Tensor
     allowed: Optional[Tensor] = None
     grid: Optional[Tuple[int, int]] = None
+    query_mask: Optional[Tensor] = None
 
 
 class Tower:
@@ -109,7 +113,7 @@ class Tower:
         """Raise a clear error for inputs of the wrong rank or dtype."""
 
     def pooled_tail(self, attention: nn.Module) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
-        """Optional fast path: for the attention module of the last block, a function that maps
+        """Optional fast path (single pooling query only): for the attention module of the last block, a function that maps
         (the block's input row at the query, the attention output row at the query) to the embedding.
 
         Towers that return a function let Grad-ECLIP differentiate only the query's path after the explained
