@@ -1,0 +1,293 @@
+"""GradECLIP against independent computations, invariants and bad input."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens
+
+import reference
+from captum_gradeclip import (GradECLIP, ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity,
+                              UnsupportedModelError)
+
+ATOL = 1e-5
+
+
+def text_features(model, tokens):
+    with torch.no_grad():
+        return F.normalize(model.encode_text(tokens), dim=-1)
+
+
+def image_features(model, images):
+    with torch.no_grad():
+        return F.normalize(model.encode_image(images), dim=-1)
+
+
+# --------------------------------------------------------------------------------------------- open_clip image
+@pytest.mark.parametrize("explained", [[1], [0, 1]])
+@pytest.mark.parametrize("single_head", [False, True])
+def test_open_clip_image_matches_reference(oc_model, images, tokens, explained, single_head):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    blocks = [oc_model.visual.transformer.resblocks[i] for i in explained]
+    ge = GradECLIP(scorer, blocks, single_head=single_head)
+    for target in range(tokens.shape[0]):
+        ours = ge.attribute(images, target=target)
+        ref = reference.open_clip_image(oc_model, images, text_features(oc_model, tokens), target, explained,
+                                        single_head)
+        assert ours.shape == (2, 1, 4, 4)
+        torch.testing.assert_close(ours[:, 0], ref, atol=ATOL, rtol=1e-4)
+        assert ref.abs().sum() > 0
+
+
+def test_open_clip_image_non_square_matches_reference(oc_model, tokens):
+    img = torch.randn(2, 3, 32, 64, generator=torch.Generator().manual_seed(5))
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    ours = GradECLIP(scorer).attribute(img, target=1)
+    assert ours.shape == (2, 1, 4, 8)
+    pe = oc_model.visual.positional_embedding.detach()
+    grid = pe[1:].reshape(1, 4, 4, -1).permute(0, 3, 1, 2)
+    grid = F.interpolate(grid, size=(4, 8), mode="bicubic", align_corners=False)
+    pos = torch.cat([pe[:1], grid.permute(0, 2, 3, 1).reshape(32, -1)])
+    ref = reference.open_clip_image(oc_model, img, text_features(oc_model, tokens), 1, [1], pos=pos)
+    torch.testing.assert_close(ours[:, 0], ref, atol=ATOL, rtol=1e-4)
+    # the scorer agrees with the same interpolated forward
+    assert torch.equal(oc_model.visual.positional_embedding, pe)
+
+
+def test_fast_path_equals_full_backward(oc_model, images, tokens, monkeypatch):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    fast = GradECLIP(scorer).attribute_all(images)
+    monkeypatch.setattr(type(scorer.tower), "pooled_tail", lambda self, m: None)
+    slow = GradECLIP(scorer).attribute_all(images)
+    torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- open_clip text
+@pytest.mark.parametrize("explained", [[2], [0, 1, 2]])
+@pytest.mark.parametrize("single_head", [False, True])
+def test_open_clip_text_matches_reference(oc_model, images, tokens, explained, single_head):
+    scorer = TextImageSimilarity(oc_model, images)
+    blocks = [oc_model.transformer.resblocks[i] for i in explained]
+    ge = GradECLIP(scorer, blocks, single_head=single_head)
+    for target in range(images.shape[0]):
+        ours = ge.attribute(tokens, target=target)
+        ref = reference.open_clip_text(oc_model, tokens, image_features(oc_model, images), target, explained,
+                                       single_head)
+        assert ours.shape == tokens.shape
+        torch.testing.assert_close(ours, ref, atol=ATOL, rtol=1e-4)
+
+
+def test_text_zero_outside_words(oc_model, images, tokens):
+    words = GradECLIP(TextImageSimilarity(oc_model, images)).attribute(tokens, target=0)
+    eos = tokens.argmax(-1)
+    for i in range(tokens.shape[0]):
+        assert words[i, 0] == 0 and torch.all(words[i, eos[i]:] == 0)
+        assert words[i, 1:eos[i]].sum() > 0
+
+
+def test_default_text_layers_are_all_blocks_when_shallow(oc_model, images, tokens):
+    scorer = TextImageSimilarity(oc_model, images)
+    a = GradECLIP(scorer).attribute(tokens, target=0)
+    b = GradECLIP(scorer, list(oc_model.transformer.resblocks)).attribute(tokens, target=0)
+    torch.testing.assert_close(a, b)
+
+
+# --------------------------------------------------------------------------------------------------- HF CLIP
+def test_hf_image_matches_reference(hf_model, images, tokens):
+    mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
+    scorer = ImageTextSimilarity(hf_model, {"input_ids": tokens, "attention_mask": mask})
+    with torch.no_grad():
+        tf = F.normalize(hf_model.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output, dim=-1)
+    for explained in ([1], [0, 1]):
+        ge = GradECLIP(scorer, [hf_model.vision_model.encoder.layers[i] for i in explained])
+        ours = ge.attribute(images, target=2)
+        ref = reference.hf_clip_image(hf_model, images, tf, 2, explained)
+        torch.testing.assert_close(ours[:, 0], ref, atol=ATOL, rtol=1e-4)
+
+
+def test_hf_text_matches_reference(hf_model, images, tokens):
+    mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
+    scorer = TextImageSimilarity(hf_model, images)
+    with torch.no_grad():
+        imf = F.normalize(hf_model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+    ge = GradECLIP(scorer)
+    ours = ge.attribute(tokens, target=1, additional_forward_args=mask)
+    ref = reference.hf_clip_text(hf_model, tokens, mask, imf, 1, [0, 1, 2])
+    torch.testing.assert_close(ours, ref, atol=ATOL, rtol=1e-4)
+    assert ours.shape == tokens.shape
+
+
+def test_hf_sdpa_equals_eager(images, tokens):
+    eager, sdpa = make_hf_clip(attn_implementation="eager"), make_hf_clip(attn_implementation="sdpa")
+    for side in ("image", "text"):
+        out = []
+        for model in (eager, sdpa):
+            if side == "image":
+                out.append(GradECLIP(ImageTextSimilarity(model, {"input_ids": tokens})).attribute_all(images))
+            else:
+                out.append(GradECLIP(TextImageSimilarity(model, images)).attribute_all(tokens))
+        torch.testing.assert_close(out[0], out[1], atol=1e-5, rtol=1e-4)
+
+
+# ---------------------------------------------------------------------------------------------- single head
+def test_one_head_model_default_equals_single_head(images):
+    model = make_open_clip(heads=1, text_heads=1)
+    full = make_tokens(lengths=(CONTEXT, CONTEXT))  # captions that fill the context
+    scorer = ImageTextSimilarity(model, full)
+    a = GradECLIP(scorer, list(model.visual.transformer.resblocks)).attribute_all(images)
+    b = GradECLIP(scorer, list(model.visual.transformer.resblocks), single_head=True).attribute_all(images)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    tscorer = TextImageSimilarity(model, images)
+    a = GradECLIP(tscorer).attribute_all(full)
+    b = GradECLIP(tscorer, single_head=True).attribute_all(full)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+def test_single_head_differs_on_multi_head_model(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    a = GradECLIP(scorer).attribute(images, target=0)
+    b = GradECLIP(scorer, single_head=True).attribute(images, target=0)
+    assert not torch.allclose(a, b)
+
+
+# ----------------------------------------------------------------------------------------------- invariants
+def test_attribute_all_equals_stacked_attribute(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    ge = GradECLIP(scorer, list(oc_model.visual.transformer.resblocks), chunk_size=2)
+    every = ge.attribute_all(images)
+    stacked = torch.cat([ge.attribute(images, target=k) for k in range(3)], dim=1)
+    torch.testing.assert_close(every, stacked, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ge.attribute_all(images, [2, 0]), stacked[:, [2, 0]], atol=1e-6, rtol=1e-5)
+    tscorer = TextImageSimilarity(oc_model, images)
+    tge = GradECLIP(tscorer, chunk_size=1)
+    torch.testing.assert_close(tge.attribute_all(tokens),
+                               torch.stack([tge.attribute(tokens, target=k) for k in range(2)], dim=1))
+
+
+def test_batch_equals_one_at_a_time_with_per_example_targets(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    ge = GradECLIP(scorer)
+    batch = ge.attribute(images, target=[2, 1])
+    single = torch.cat([ge.attribute(images[i:i + 1], target=t) for i, t in enumerate([2, 1])])
+    torch.testing.assert_close(batch, single, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(ge.attribute(images, target=torch.tensor([2, 1])), batch)
+    tge = GradECLIP(TextImageSimilarity(oc_model, images))
+    batch = tge.attribute(tokens, target=[1, 0, 1])
+    single = torch.cat([tge.attribute(tokens[i:i + 1], target=t) for i, t in enumerate([1, 0, 1])])
+    torch.testing.assert_close(batch, single, atol=1e-6, rtol=1e-5)
+
+
+def test_non_negative_and_tuple_in_tuple_out(oc_model, images, tokens):
+    ge = GradECLIP(ImageTextSimilarity(oc_model, tokens))
+    out = ge.attribute((images,), target=0)
+    assert isinstance(out, tuple) and len(out) == 1
+    assert torch.all(out[0] >= 0) and not out[0].requires_grad
+
+
+def test_works_under_no_grad_and_inference_mode_and_frozen(images, tokens):
+    model = make_open_clip()
+    scorer = ImageTextSimilarity(model, tokens)
+    ref = GradECLIP(scorer).attribute(images, target=0)
+    with torch.no_grad():
+        torch.testing.assert_close(GradECLIP(scorer).attribute(images, target=0), ref)
+        assert not torch.is_grad_enabled()
+    for p in model.visual.parameters():
+        p.requires_grad_(False)
+    torch.testing.assert_close(GradECLIP(scorer).attribute(images, target=0), ref)
+    assert all(not p.requires_grad for p in model.visual.parameters())
+    assert all(p.requires_grad for p in model.transformer.parameters())
+    assert torch.is_grad_enabled()
+
+
+def _hook_count(model):
+    return sum(len(m._forward_hooks) + len(m._forward_pre_hooks) + len(m._backward_hooks) for m in model.modules())
+
+
+def test_model_untouched_and_hooks_removed(images, tokens):
+    model = make_open_clip()
+    model.train()  # the user's choice must survive
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    scorer = ImageTextSimilarity(model, tokens)
+    GradECLIP(scorer).attribute(images, target=0)
+    GradECLIP(scorer, single_head=True).attribute_all(images)
+    GradECLIP(TextImageSimilarity(model, images)).attribute_all(tokens)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert flags == {k: p.requires_grad for k, p in model.named_parameters()}
+    assert _hook_count(model) == 0
+    with pytest.raises(ValueError):
+        GradECLIP(scorer).attribute(images, target=7)
+    assert _hook_count(model) == 0 and torch.is_grad_enabled()
+
+
+def test_hooks_removed_when_forward_raises(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    ge = GradECLIP(scorer)
+
+    def boom(module, args):
+        raise RuntimeError("boom")
+
+    h = oc_model.visual.ln_post.register_forward_pre_hook(boom)
+    try:
+        with pytest.raises(RuntimeError, match="boom"):
+            ge.attribute(images, target=0)
+    finally:
+        h.remove()
+    assert _hook_count(oc_model) == 0 and torch.is_grad_enabled()
+
+
+# ------------------------------------------------------------------------------------------------ bad input
+def test_bad_inputs(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    ge = GradECLIP(scorer)
+    with pytest.raises(ValueError, match="out of range"):
+        ge.attribute(images, target=3)
+    with pytest.raises(ValueError, match="target is required"):
+        ge.attribute(images)
+    with pytest.raises(ValueError, match="N=2"):
+        ge.attribute(images, target=[0, 1, 2])
+    with pytest.raises(ValueError, match=r"\(N, C, H, W\)"):
+        ge.attribute(images[0], target=0)
+    with pytest.raises(TypeError, match="floating-point"):
+        ge.attribute(images.long(), target=0)
+    tge = GradECLIP(TextImageSimilarity(oc_model, images))
+    with pytest.raises(TypeError, match="integer"):
+        tge.attribute(tokens.float(), target=0)
+    with pytest.raises(ValueError, match="context length"):
+        tge.attribute(tokens[:, :5], target=0)
+    with pytest.raises(ValueError, match="targets"):
+        ge.attribute_all(images, targets=[])
+
+
+def test_bad_layers(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    other = make_open_clip(seed=3)
+    with pytest.raises(ValueError, match="not part of the image tower"):
+        GradECLIP(scorer, other.visual.transformer.resblocks[-1])
+    with pytest.raises(ValueError, match="not part of the image tower"):
+        GradECLIP(scorer, oc_model.transformer.resblocks[-1])  # a text block for an image scorer
+    with pytest.raises(UnsupportedModelError, match="LayerNorm"):
+        GradECLIP(scorer, oc_model.visual.ln_post)
+    with pytest.raises(TypeError, match="scorer"):
+        GradECLIP(lambda x: x, oc_model.visual.transformer.resblocks[-1])
+    with pytest.raises(ValueError, match="at least one"):
+        GradECLIP(scorer, [])
+    with pytest.raises(UnsupportedModelError, match="Linear"):
+        ImageTextSimilarity(torch.nn.Linear(3, 3), tokens)
+
+
+def test_layer_that_does_not_run(oc_model, images, tokens):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    ge = GradECLIP(scorer)
+    block = oc_model.visual.transformer.resblocks[-1]
+    h = oc_model.visual.transformer.register_forward_hook(lambda m, a, o: o)  # harmless hook
+    h.remove()
+    # a scorer that skips the last block: fixed embeddings path that never runs the image tower
+    scorer.tower.encode = lambda x: oc_model.visual.ln_post(torch.zeros(x.shape[0], 48)) @ oc_model.visual.proj
+    try:
+        with pytest.raises(LayerNotExecutedError, match="did not run"):
+            ge.attribute(images, target=0)
+    finally:
+        del scorer.tower.encode
+    assert _hook_count(oc_model) == 0
+    assert block is ge.attention_modules[0] or ge.attention_modules[0] is block.attn
