@@ -58,7 +58,7 @@ def as_spatial_maps(maps: Tensor, n: int, name: str = "maps") -> Tensor:
         name: Argument name used in error messages.
 
     Returns:
-        The map as a floating ``(N, 1, h, w)`` tensor.
+        The map as a detached floating ``(N, 1, h, w)`` tensor.
 
     Raises:
         TypeError: If ``maps`` is not a tensor.
@@ -79,6 +79,7 @@ def as_spatial_maps(maps: Tensor, n: int, name: str = "maps") -> Tensor:
         )
     if maps.shape[-2] < 1 or maps.shape[-1] < 1:
         raise ValueError(f"`{name}` has an empty spatial grid {tuple(maps.shape[-2:])}.")
+    maps = maps.detach()
     if not maps.is_floating_point():
         maps = maps.float()
     check_finite(maps, name)
@@ -189,7 +190,8 @@ def select_scores(out: Any, rows_target: Optional[Tensor], expected_rows: int) -
     """
     if not isinstance(out, Tensor):
         raise TypeError(
-            f"The scorer must return a torch.Tensor of shape (N, T) or (N,); got {type(out).__name__}."
+            "The scorer must return a torch.Tensor of shape (N, T) or (N,); "
+            f"got {type(out).__name__}."
         )
     out = out.detach()
     if out.dim() == 0 or out.shape[0] != expected_rows:
