@@ -1,9 +1,11 @@
 """captum-gradeclip: Grad-ECLIP explanations for CLIP-style models as Captum attributions."""
 
+from . import metrics, viz
 from .adapters import image_tower, text_tower
 from .errors import LayerNotExecutedError, UnsupportedModelError
 from .grad_eclip import GradECLIP
 from .scorers import ImageTextSimilarity, TextImageSimilarity
+from .viz import normalize_map, normalize_words
 
 __version__ = "0.1.0"
 
@@ -14,5 +16,9 @@ __all__ = [
     "TextImageSimilarity",
     "UnsupportedModelError",
     "image_tower",
+    "metrics",
+    "normalize_map",
+    "normalize_words",
     "text_tower",
+    "viz",
 ]
