@@ -183,13 +183,15 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         x, _ = self._unpack(inputs)
 
         def select(scores: Tensor) -> Tensor:
-            cols = torch.arange(scores.shape[1], device=scores.device) if targets is None \
-                else torch.as_tensor(targets, device=scores.device).reshape(-1)
-            if cols.numel() == 0 or cols.is_floating_point():
+            # validated on the host before anything touches the device (no syncs in the hot path)
+            cols = list(range(scores.shape[1])) if targets is None \
+                else torch.as_tensor(targets).reshape(-1).tolist()
+            if not cols or not all(isinstance(c, int) for c in cols):
                 raise ValueError(f"targets must be a non-empty sequence of ints, got {targets!r}")
-            for c in cols.tolist():
-                self._check_target(scores, int(c))
-            return (cols % scores.shape[1])[None, :].expand(scores.shape[0], -1)
+            for c in cols:
+                self._check_target(scores, c)
+            index = torch.tensor([c % scores.shape[1] for c in cols], device=scores.device)
+            return index[None, :].expand(scores.shape[0], -1)
 
         return self._attribute(x, additional_forward_args, select)
 
@@ -305,7 +307,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     y = y.detach()
                 probe = torch.zeros(n, pos.shape[1], y.shape[-1], dtype=y.dtype, device=y.device,
                                     requires_grad=True)
-                scatter = F.one_hot(pos, length).to(y.dtype) * weight[..., None].to(y.dtype)  # (N, Q, L)
+                onehot = pos[..., None] == torch.arange(length, device=y.device)  # (N, Q, L), no device sync
+                scatter = onehot.to(y.dtype) * weight[..., None].to(y.dtype)
                 rec.probe = probe
                 return adapter.replace_output(output, y + torch.einsum("nql,nqd->nld", scatter, probe))
             return hook
