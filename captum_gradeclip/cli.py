@@ -1,0 +1,390 @@
+"""The ``gradeclip`` command: heat maps and word importances for images and prompts.
+
+``gradeclip explain IMAGE ... --text "a dog" --text "a car"`` writes, per image, a PNG grid (the image, then
+one overlay per prompt titled with the prompt and its similarity), an HTML page with each prompt's words
+shaded by importance, and the raw maps (.npz). ``gradeclip demo --out DIR`` does the same offline on the
+shipped shapes model and a generated scene.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import nn
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+
+
+class CLIError(Exception):
+    """A user error: reported as one line, exit status 2."""
+
+
+@dataclass
+class LoadedModel:
+    """A model with what the CLI needs to feed it."""
+
+    model: nn.Module
+    name: str
+    image_size: int
+    mean: Tuple[float, float, float]
+    std: Tuple[float, float, float]
+    tokenize: Callable[[List[str]], Any]  # -> what the scorers take as texts
+    token_strings: Callable[[torch.Tensor], List[str]]  # ids of one text -> one string per position
+
+
+def _split_text_inputs(texts: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    if isinstance(texts, torch.Tensor):
+        return texts, None
+    return texts["input_ids"], texts.get("attention_mask")
+
+
+# ----------------------------------------------------------------------------------------------- model loading
+def load_demo(device: str) -> LoadedModel:
+    """The shipped shapes-world open_clip model (offline)."""
+    from .zoo import load_shapes_clip
+    clip = load_shapes_clip("open_clip", device=device)
+    return LoadedModel(
+        model=clip.model, name="shapes-clip (open_clip, shipped)", image_size=clip.image_size,
+        mean=tuple(clip.mean), std=tuple(clip.std),
+        tokenize=lambda texts: clip.tokenize(texts),
+        token_strings=lambda ids: clip.tokenizer.tokens(ids, skip_pad=False))
+
+
+def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedModel:
+    """An open_clip model by config name, with ``pretrained`` weights (a tag or a checkpoint path)."""
+    import open_clip
+    if name not in open_clip.list_models():
+        raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16)")
+    try:
+        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+    except Exception as err:  # downloads fail in many ways (no network, missing tag, bad checkpoint)
+        raise CLIError(f"could not load open_clip {name!r} with pretrained={pretrained!r}: "
+                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__} "
+                       "(weights are downloaded on first use: is the network reachable?)") from None
+    model.eval()
+    cfg = open_clip.get_model_preprocess_cfg(model)
+    size = cfg.get("size", 224)
+    size = int(size[0] if isinstance(size, (tuple, list)) else size)
+    tokenizer = open_clip.get_tokenizer(name)
+
+    def strings(ids: torch.Tensor) -> List[str]:
+        decode = getattr(tokenizer, "decode", None)
+        return [decode([int(i)]).strip() if decode else str(int(i)) for i in ids]
+
+    return LoadedModel(model=model, name=f"{name} ({pretrained or 'random weights'})", image_size=size,
+                       mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
+                       std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
+                       tokenize=lambda texts: tokenizer(texts).to(device), token_strings=strings)
+
+
+def load_hf(model_id: str, device: str) -> LoadedModel:
+    """A HuggingFace CLIP-family model and its processor by hub id or local path."""
+    try:
+        from transformers import AutoModel, AutoProcessor
+    except ImportError:
+        raise CLIError("--hf needs transformers: pip install 'captum-gradeclip[hf]'") from None
+    try:
+        model = AutoModel.from_pretrained(model_id).to(device).eval()
+        processor = AutoProcessor.from_pretrained(model_id)
+    except Exception as err:
+        raise CLIError(f"could not load HuggingFace model {model_id!r}: "
+                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__} "
+                       "(is the network reachable, or the path a saved model?)") from None
+    tok = processor.tokenizer
+    ip = getattr(processor, "image_processor", None)
+    size = getattr(model.config, "vision_config", model.config).image_size
+
+    def tokenize(texts: List[str]) -> Any:
+        enc = tok(texts, padding=True, return_tensors="pt")
+        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
+
+    return LoadedModel(model=model, name=model_id, image_size=int(size),
+                       mean=tuple(getattr(ip, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)),
+                       std=tuple(getattr(ip, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)),
+                       tokenize=tokenize, token_strings=lambda ids: tok.convert_ids_to_tokens(ids.tolist()))
+
+
+# ------------------------------------------------------------------------------------------------- images
+def load_image(path: Path) -> "Any":
+    """A PIL RGB image, or a CLIError naming the file."""
+    from PIL import Image, UnidentifiedImageError
+    if not path.exists():
+        raise CLIError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as err:
+        raise CLIError(f"cannot read image {path}: {err}") from None
+
+
+def prepare_image(image: Any, size: int, patch: Optional[int], mode: str) -> torch.Tensor:
+    """``(3, H, W)`` float image in [0, 1]: ``model`` resizes the shorter side to ``size`` and crops the centre
+    square (what CLIP scores); ``native`` keeps the aspect ratio, shorter side ``size``, both sides rounded to a
+    multiple of the patch size (what the Grad-ECLIP authors explain)."""
+    from PIL import Image
+    w, h = image.size
+    scale = size / min(w, h)
+    if mode == "native" and patch:
+        nh = max(patch, int(round(h * scale / patch)) * patch)
+        nw = max(patch, int(round(w * scale / patch)) * patch)
+        image = image.resize((nw, nh), Image.BICUBIC)
+    else:
+        nw, nh = max(size, int(round(w * scale))), max(size, int(round(h * scale)))
+        image = image.resize((nw, nh), Image.BICUBIC)
+        left, top = (nw - size) // 2, (nh - size) // 2
+        image = image.crop((left, top, left + size, top + size))
+    arr = np.asarray(image, dtype=np.float32) / 255.0
+    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
+
+
+def _normalize(img01: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
+    mean = torch.tensor(lm.mean, dtype=img01.dtype, device=img01.device).view(-1, 3, 1, 1)
+    std = torch.tensor(lm.std, dtype=img01.dtype, device=img01.device).view(-1, 3, 1, 1)
+    return (img01 - mean) / std
+
+
+def collect_images(paths: Sequence[str]) -> List[Path]:
+    """Files named on the command line; folders are expanded to the images they contain."""
+    out: List[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise CLIError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in folder {p}")
+            out.extend(found)
+        else:
+            out.append(p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ explaining
+@dataclass
+class Explanation:
+    """Everything written for one image."""
+
+    image01: torch.Tensor  # (3, H, W)
+    prompts: List[str]
+    similarity: np.ndarray  # (T,)
+    image_maps: Optional[np.ndarray]  # (T, h, w)
+    word_maps: Optional[np.ndarray]  # (T, L)
+    words: Optional[List[List[str]]]  # per prompt, the token strings of the explained positions
+    word_scores: Optional[List[np.ndarray]]
+
+
+def explain_images(lm: LoadedModel, images01: torch.Tensor, prompts: List[str], *, explain: str,
+                   layers: Optional[int], single_head: bool, device: str) -> List[Explanation]:
+    """Grad-ECLIP maps of a batch of same-size images ``(B, 3, H, W)`` against every prompt (image side), and
+    of every prompt's words against each image (text side)."""
+    from .grad_eclip import GradECLIP
+    from .scorers import ImageTextSimilarity, TextImageSimilarity
+    texts = lm.tokenize(prompts)
+    pixels = _normalize(images01.to(device), lm)
+    scorer = ImageTextSimilarity(lm.model, texts)
+    with torch.no_grad():
+        sims = scorer(pixels).float().cpu().numpy()
+    image_maps = None
+    if explain in ("image", "both"):
+        blocks = scorer.tower.blocks()[-layers:] if layers else None
+        image_maps = GradECLIP(scorer, blocks, single_head=single_head).attribute_all(pixels).cpu().numpy()
+    results = []
+    for b in range(images01.shape[0]):
+        word_maps = words = word_scores = None
+        if explain in ("text", "both"):
+            tscorer = TextImageSimilarity(lm.model, pixels[b:b + 1])
+            ids, mask = _split_text_inputs(texts)
+            extra = () if mask is None else (mask,)
+            blocks = tscorer.tower.blocks()[-layers:] if layers else None
+            ge = GradECLIP(tscorer, blocks, single_head=single_head)
+            word_maps = ge.attribute(ids, target=[0] * len(prompts),
+                                     additional_forward_args=extra or None).cpu().numpy()
+            keep = tscorer.tower.layout(ids, *extra).report_mask.cpu()
+            words, word_scores = [], []
+            for i in range(len(prompts)):
+                strings = lm.token_strings(ids[i].cpu())
+                positions = keep[i].nonzero().flatten().tolist()
+                words.append([strings[p] for p in positions])
+                word_scores.append(word_maps[i, positions])
+        results.append(Explanation(image01=images01[b], prompts=prompts, similarity=sims[b],
+                                   image_maps=None if image_maps is None else image_maps[b],
+                                   word_maps=word_maps, words=words, word_scores=word_scores))
+    return results
+
+
+def explain_image(lm: LoadedModel, image01: torch.Tensor, prompts: List[str], **kwargs: Any) -> Explanation:
+    """:func:`explain_images` for one ``(3, H, W)`` image."""
+    return explain_images(lm, image01[None], prompts, **kwargs)[0]
+
+
+def write_outputs(exp: Explanation, out: Path, stem: str) -> List[Path]:
+    """The PNG grid, the HTML word page and the .npz of one explanation."""
+    from . import viz
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    if exp.image_maps is not None:
+        fig = viz.plot_image_maps(exp.image01, [torch.from_numpy(m) for m in exp.image_maps], titles=exp.prompts,
+                                  scores=exp.similarity.tolist())
+        written.append(viz.save_figure(fig, out / f"{stem}_maps.png"))
+    if exp.words is not None:
+        rows = [(f"{p}  (similarity {s:.3f})", w, torch.from_numpy(np.asarray(sc, dtype=np.float32)))
+                for p, s, w, sc in zip(exp.prompts, exp.similarity, exp.words, exp.word_scores)]
+        path = out / f"{stem}_words.html"
+        path.write_text(viz.tokens_html_page(rows, page_title=f"Grad-ECLIP word importance: {stem}"),
+                        encoding="utf-8")
+        written.append(path)
+    arrays = {"prompts": np.array(exp.prompts), "similarity": exp.similarity}
+    if exp.image_maps is not None:
+        arrays["image_maps"] = exp.image_maps
+    if exp.word_maps is not None:
+        arrays["word_maps"] = exp.word_maps
+    path = out / f"{stem}_maps.npz"
+    np.savez_compressed(path, **arrays)
+    written.append(path)
+    return written
+
+
+# ------------------------------------------------------------------------------------------------ commands
+def _device(name: str) -> str:
+    if name == "cuda" and not torch.cuda.is_available():
+        raise CLIError("--device cuda was requested but CUDA is not available on this machine; use --device cpu")
+    return name
+
+
+def _load(args: argparse.Namespace) -> LoadedModel:
+    device = args.device
+    if args.demo:
+        return load_demo(device)
+    if args.hf:
+        return load_hf(args.hf, device)
+    if args.checkpoint:
+        if not Path(args.checkpoint).exists():
+            raise CLIError(f"checkpoint not found: {args.checkpoint}")
+        return load_open_clip(args.model, args.checkpoint, device)
+    return load_open_clip(args.model, args.pretrained, device)
+
+
+def _summary(stem: str, exp: Explanation) -> str:
+    best = int(np.argmax(exp.similarity))
+    parts = [f"{stem}: best match {exp.prompts[best]!r} ({exp.similarity[best]:.3f})"]
+    if exp.words is not None:
+        for p, w, s in zip(exp.prompts, exp.words, exp.word_scores):
+            if len(s):
+                parts.append(f"  {p!r}: most important word {w[int(np.argmax(s))]!r}")
+    return "\n".join(parts)
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    prompts = [t.strip() for t in args.text]
+    if not prompts:
+        raise CLIError("give at least one prompt with --text")
+    if any(not p for p in prompts):
+        raise CLIError("empty prompt: every --text needs some words")
+    if args.batch_size < 1:
+        raise CLIError(f"--batch-size must be at least 1, got {args.batch_size}")
+    if args.layers is not None and args.layers < 1:
+        raise CLIError(f"--layers must be a positive number of blocks, got {args.layers}")
+    args.device = _device(args.device)
+    paths = collect_images(args.images)
+    images = [(p, load_image(p)) for p in paths]  # fail before the (slow) model load
+    lm = _load(args)
+    from .adapters import image_tower
+    patch = getattr(image_tower(lm.model), "patch", (None,))[0]
+    out = Path(args.out)
+    from tqdm.auto import tqdm
+    prepared = [(path, prepare_image(pil, lm.image_size, patch, args.size)) for path, pil in images]
+    batches: List[List[Tuple[Path, torch.Tensor]]] = []
+    for item in prepared:  # consecutive images of the same size share a batch
+        if batches and len(batches[-1]) < args.batch_size and batches[-1][0][1].shape == item[1].shape:
+            batches[-1].append(item)
+        else:
+            batches.append([item])
+    with tqdm(total=len(prepared), disable=len(prepared) < 2, desc="explaining", unit="image") as bar:
+        for batch in batches:
+            exps = explain_images(lm, torch.stack([t for _, t in batch]), prompts, explain=args.explain,
+                                  layers=args.layers, single_head=args.single_head, device=args.device)
+            for (path, _), exp in zip(batch, exps):
+                write_outputs(exp, out, path.stem)
+                bar.write(_summary(path.stem, exp))
+            bar.update(len(batch))
+    print(f"wrote {len(images)} explanation(s) of {len(prompts)} prompt(s) with {lm.name} to {out}/")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from .data.shapes import generate_scenes
+    args.device = _device(args.device)
+    lm = load_demo(args.device)
+    scene = generate_scenes(1, image_size=lm.image_size, num_objects=3, seed=args.seed)
+    present = [f"a {c} {s}" for c, s in _objects(scene)]
+    prompts = present + [p for p in ("a blue square", "a red circle", "a green triangle") if p not in present][:1]
+    exp = explain_image(lm, scene.images[0], prompts, explain="both", layers=None, single_head=False,
+                        device=args.device)
+    out = Path(args.out)
+    written = write_outputs(exp, out, "demo")
+    print(_summary("demo scene", exp))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return 0
+
+
+def _objects(scene: Any) -> List[Tuple[str, str]]:
+    from .data.shapes import COLORS, SHAPES
+    objs = []
+    for c, s in zip(scene.colors[0].tolist(), scene.shapes[0].tolist()):
+        if c >= 0:
+            objs.append((COLORS[c], SHAPES[s]))
+    return objs
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gradeclip", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ex = sub.add_parser("explain", help="explain images against prompts")
+    ex.add_argument("images", nargs="+", help="image files or folders of images")
+    ex.add_argument("--text", action="append", default=[], help="a prompt (repeat for several)")
+    src = ex.add_mutually_exclusive_group()
+    src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
+    src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
+    src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
+    ex.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    ex.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai)")
+    ex.add_argument("--explain", choices=("image", "text", "both"), default="both")
+    ex.add_argument("--layers", type=int, default=None,
+                    help="number of last blocks to explain (default: 1 for images, 8 for text)")
+    ex.add_argument("--single-head", action="store_true", help="reproduce the authors' released code")
+    ex.add_argument("--size", choices=("native", "model"), default="native",
+                    help="native: keep the aspect ratio (default); model: centre crop to the model's size")
+    ex.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    ex.add_argument("--batch-size", type=int, default=8, help="images of the same size explained together")
+    ex.add_argument("--out", default="gradeclip_out", help="output folder (default: gradeclip_out)")
+    ex.set_defaults(func=cmd_explain)
+    demo = sub.add_parser("demo", help="run offline on the shipped shapes model and a generated scene")
+    demo.add_argument("--out", default="gradeclip_demo", help="output folder (default: gradeclip_demo)")
+    demo.add_argument("--seed", type=int, default=3, help="scene seed")
+    demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Entry point of the ``gradeclip`` console script."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except CLIError as err:
+        print(f"gradeclip: error: {err}", file=sys.stderr)
+        return 2
+    except (ValueError, TypeError) as err:  # library validation errors: one line, no traceback
+        print(f"gradeclip: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
