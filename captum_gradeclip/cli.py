@@ -256,6 +256,16 @@ def _device(name: str) -> str:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
+    """Load the model; the loaders' own log lines (download retries) are silenced: errors come as one line."""
+    import logging
+    logging.disable(logging.WARNING)
+    try:
+        return _load_quiet(args)
+    finally:
+        logging.disable(logging.NOTSET)
+
+
+def _load_quiet(args: argparse.Namespace) -> LoadedModel:
     device = args.device
     if args.demo:
         return load_demo(device)
@@ -265,7 +275,8 @@ def _load(args: argparse.Namespace) -> LoadedModel:
         if not Path(args.checkpoint).exists():
             raise CLIError(f"checkpoint not found: {args.checkpoint}")
         return load_open_clip(args.model, args.checkpoint, device)
-    return load_open_clip(args.model, args.pretrained, device)
+    pretrained = None if args.pretrained.lower() in ("", "none") else args.pretrained
+    return load_open_clip(args.model, pretrained, device)
 
 
 def _summary(stem: str, exp: Explanation) -> str:
@@ -351,7 +362,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
     src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
     ex.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
-    ex.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai)")
+    ex.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai; 'none': random weights)")
     ex.add_argument("--explain", choices=("image", "text", "both"), default="both")
     ex.add_argument("--layers", type=int, default=None,
                     help="number of last blocks to explain (default: 1 for images, 8 for text)")
