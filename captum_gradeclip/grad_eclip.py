@@ -137,10 +137,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 Default: None
 
         Returns:
-            *Tensor* or *tuple[Tensor]* of **attributions**:
-            - **attributions** (*Tensor*): non-negative raw scores; ``(N, 1, h, w)`` on the patch grid for
-              images (ready for ``LayerAttribution.interpolate``), ``(N, L)`` over token positions for text
-              (zero at the start and end tokens and at padding).
+            Tensor or tuple[Tensor]: the **attributions**, non-negative raw scores: ``(N, 1, h, w)`` on the
+            patch grid for images (ready for ``LayerAttribution.interpolate``), ``(N, L)`` over token
+            positions for text (zero at the start and end tokens and at padding). A 1-tuple when ``inputs``
+            is a tuple.
 
         Examples::
 
