@@ -376,3 +376,33 @@ def test_blip_image_matches_independent_computation():
         got = GradECLIP(scorer, layer).attribute(imgs, target=t)
         torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-4)
     assert (ref > 0).any()
+
+
+# -- smaller checks ------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_single_head_runs(family):
+    model = build(family)
+    imgs = images(IMAGE, 80)
+    heat = GradECLIP(ImageTextSimilarity(model, text_inputs(family)), single_head=True).attribute(imgs, target=0)
+    assert heat.shape == (2, 1, 3, 5) and torch.isfinite(heat).all() and (heat >= 0).all()
+    ids, mask, words = texts(family)
+    ge = GradECLIP(TextImageSimilarity(model, imgs), single_head=True)
+    tmap = ge.attribute(ids, target=0, additional_forward_args=None if mask is None else (mask,))
+    assert torch.isfinite(tmap).all() and (tmap[~words] == 0).all()
+
+
+def test_clip_legacy_eos_is_argmax():
+    model = T.CLIPModel(T.CLIPConfig(text_config=dict(TEXT, eos_token_id=2), vision_config=VISION, projection_dim=16))
+    ids = torch.tensor([[4, 50, 99, 51, 0], [4, 60, 61, 98, 0]])
+    torch.testing.assert_close(text_tower(model).layout(ids).query, torch.tensor([2, 3]))
+    ids, _, _ = texts("clip")
+    torch.testing.assert_close(text_tower(build("clip")).layout(ids).query, torch.tensor([4, 3]))
+
+
+def test_bert_text_without_attention_mask():
+    # no mask: the CLS query attends to the padding too (lam over every position), but padding and the
+    # closing token are never reported
+    model = build("altclip")
+    ids, _, words = texts("altclip")
+    maps = GradECLIP(TextImageSimilarity(model, images())).attribute_all(ids)
+    assert (maps.permute(0, 2, 1)[~words] == 0).all() and (maps.permute(0, 2, 1)[words] > 0).any()

@@ -124,6 +124,9 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
     def __init__(self, model: nn.Module, vision: Optional[nn.Module] = None) -> None:
         super().__init__(model, vision)
         self.interpolates = True  # the model resizes its positional embeddings to spatial_shapes itself
+        # 5.x towers take ``pixel_attention_mask``; 4.x's inner Siglip2VisionTransformer names it ``attention_mask``
+        self.mask_name = "pixel_attention_mask" if accepts(self.vision.forward, "pixel_attention_mask") \
+            else "attention_mask"
 
     def _prepare(self, inputs: Any, *extra: Any) -> Tuple[Tensor, Tensor, Tensor]:
         """``pixel_values (N, P, D)``, ``pixel_attention_mask (N, P)``, ``spatial_shapes (N, 2)``."""
@@ -167,7 +170,7 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
 
     def encode(self, inputs: Any, *extra: Any) -> Tensor:
         pv, mask, shapes = self._prepare(inputs, *extra)
-        out = self.vision(pixel_values=pv, pixel_attention_mask=mask, spatial_shapes=shapes)
+        out = self.vision(pixel_values=pv, spatial_shapes=shapes, **{self.mask_name: mask})
         return output_field(out, "pooler_output", 1)
 
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
