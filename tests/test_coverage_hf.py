@@ -406,3 +406,12 @@ def test_bert_text_without_attention_mask():
     ids, _, words = texts("altclip")
     maps = GradECLIP(TextImageSimilarity(model, images())).attribute_all(ids)
     assert (maps.permute(0, 2, 1)[~words] == 0).all() and (maps.permute(0, 2, 1)[words] > 0).any()
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip", "blip"])
+def test_no_interpolation_available_raises_clearly(family):
+    tower = image_tower(build(family))
+    tower.interpolates = False  # as with a transformers version whose tower lacks interpolate_pos_encoding
+    tower.validate(images())  # the model's own size still works
+    with pytest.raises(ValueError, match="interpolate_pos_encoding"):
+        tower.validate(images(IMAGE, 80))
