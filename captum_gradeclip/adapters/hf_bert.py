@@ -12,7 +12,7 @@ token (the last non-padding position: ``[SEP]`` / ``</s>``), padding excluded.
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 from torch import Tensor, nn
