@@ -9,12 +9,21 @@ from __future__ import annotations
 from torch import nn
 
 from ..errors import UnsupportedModelError
+from . import hf_attention  # noqa: F401  (registers the BERT-style and BLIP attention adapters)
 from .attention import AttentionAdapter, attention_adapter, is_attention_module
 from .base import TokenLayout, Tower
 
 SUPPORTED_MODELS = (
     "open_clip.CLIP (VisionTransformer image tower with class-token pooling, CLIP text tower)",
     "transformers.CLIPModel",
+    "transformers.CLIPVisionModelWithProjection / CLIPTextModelWithProjection (one tower; the other side as "
+    "precomputed embeddings)",
+    "transformers.MetaClip2Model (and MetaClip2VisionModelWithProjection / MetaClip2TextModelWithProjection)",
+    "transformers.SiglipModel, SiglipVisionModel, SiglipTextModel (image: attention-pooling head)",
+    "transformers.Siglip2Model, Siglip2VisionModel, Siglip2TextModel (image: attention-pooling head)",
+    "transformers.AltCLIPModel",
+    "transformers.ChineseCLIPModel",
+    "transformers.BlipForImageTextRetrieval (image-text contrastive path, use_itm_head=False)",
 )
 
 
@@ -41,9 +50,11 @@ def image_tower(model: nn.Module) -> Tower:
         if type(visual).__name__ == "VisionTransformer":
             from .open_clip import OpenClipVisionTower
             return OpenClipVisionTower(model, visual)
-    if family == "hf" and type(model).__name__ == "CLIPModel":
-        from .hf import HFCLIPVisionTower
-        return HFCLIPVisionTower(model)
+    if family == "hf":
+        from .hf import hf_tower
+        tower = hf_tower(model, "image")
+        if tower is not None:
+            return tower
     raise _unsupported(model, "image")
 
 
@@ -53,9 +64,11 @@ def text_tower(model: nn.Module) -> Tower:
     if family == "open_clip" and type(model).__name__ == "CLIP":
         from .open_clip import OpenClipTextTower
         return OpenClipTextTower(model)
-    if family == "hf" and type(model).__name__ == "CLIPModel":
-        from .hf import HFCLIPTextTower
-        return HFCLIPTextTower(model)
+    if family == "hf":
+        from .hf import hf_tower
+        tower = hf_tower(model, "text")
+        if tower is not None:
+            return tower
     raise _unsupported(model, "text")
 
 

@@ -199,6 +199,19 @@ SUPPORTED_ATTENTION = ("torch.nn.MultiheadAttention", "open_clip Attention",
                        "attention modules with q_proj/k_proj/v_proj/out_proj linears (HuggingFace)")
 
 
+def register_attention_adapter(predicate: Callable[[nn.Module], bool], adapter: Type[AttentionAdapter],
+                               description: str) -> None:
+    """Register an adapter for attention modules matching ``predicate`` (tried after the built-in ones).
+
+    Family modules (e.g. :mod:`captum_gradeclip.adapters.hf_attention`) call this at import time.
+    """
+    global SUPPORTED_ATTENTION
+    if any(cls is adapter for _, cls in _REGISTRY):
+        return
+    _REGISTRY.append((predicate, adapter))
+    SUPPORTED_ATTENTION = SUPPORTED_ATTENTION + (description,)
+
+
 def is_attention_module(module: nn.Module) -> bool:
     """Whether an adapter exists for ``module``."""
     return any(pred(module) for pred, _ in _REGISTRY)
