@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
@@ -248,6 +249,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         extra = _format_additional_forward_args(additional_forward_args) or ()
         tower = self.tower
         tower.validate(inputs, *extra)
+        if tower.root.training:
+            warnings.warn(f"the {tower.side} tower is in training mode: dropout or patch dropout can make the maps "
+                          "random; call model.eval() first (GradECLIP never changes the mode itself)",
+                          stacklevel=3)
         with torch.inference_mode(False):
             layout = tower.layout(inputs, *extra, single_head=self.single_head)
             fast = self._fast_tail() if len(self.attention_modules) == 1 else None

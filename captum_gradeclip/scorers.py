@@ -65,7 +65,8 @@ class ImageTextSimilarity(_Similarity):
     embeddings are interpolated on the fly).
 
     Args:
-        model (nn.Module): an open_clip ``CLIP`` or a HuggingFace ``CLIPModel``.
+        model (nn.Module): a supported open_clip or HuggingFace CLIP-family model (see ``docs/models.md``;
+            ``captum_gradeclip.adapters.SUPPORTED_MODELS``).
         texts: the fixed texts: token ids ``(T, L)`` (open_clip), a dict/BatchEncoding with ``input_ids`` and
             ``attention_mask`` (HuggingFace), or precomputed text embeddings ``(T, E)`` (float).
 
@@ -99,7 +100,7 @@ class TextImageSimilarity(_Similarity):
     ``(N, I)``. For HuggingFace models pass the attention mask through Captum's ``additional_forward_args``.
 
     Args:
-        model (nn.Module): an open_clip ``CLIP`` or a HuggingFace ``CLIPModel``.
+        model (nn.Module): a supported open_clip or HuggingFace CLIP-family model (see ``docs/models.md``).
         images: the fixed images ``(I, 3, H, W)`` (preprocessed), or precomputed image embeddings ``(I, E)``.
 
     Examples::

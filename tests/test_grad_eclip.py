@@ -313,3 +313,11 @@ def test_inference_mode(oc_model, images, tokens):
     ref = ge.attribute(images, target=1)
     with torch.inference_mode():
         torch.testing.assert_close(ge.attribute(images, target=1), ref)
+
+
+def test_training_mode_warns(images, tokens):
+    model = make_open_clip()
+    model.train()
+    with pytest.warns(UserWarning, match="training mode"):
+        GradECLIP(ImageTextSimilarity(model, tokens)).attribute(images, target=0)
+    assert model.training
