@@ -52,15 +52,6 @@ def as_module_list(layer: LayerSpec) -> Optional[List[nn.Module]]:
     return out
 
 
-def block_index(tower: Tower, module: nn.Module) -> int:
-    """Position in ``tower.blocks()`` of the block that is, or contains, ``module``."""
-    for i, block in enumerate(tower.blocks()):
-        if block is module or any(m is module for m in block.modules()):
-            return i
-    raise ValueError(f"{type(module).__name__} is not inside a transformer block of the {tower.side} tower; "
-                     "pass a block (or its attention module)")
-
-
 def batch_first_of(tower: Tower, block: nn.Module) -> bool:
     """Whether the block's token tensors are (N, L, D) (True) or (L, N, D), read from its attention module."""
     return bool(getattr(attention_adapter(tower.attention_of(block)), "batch_first", True))

@@ -44,7 +44,8 @@ class MaskCLIPSimilarity(TokenAttribution):
     variant is not computed here.
 
     The tail after the last attention module comes from the tower adapter (``Tower.pooled_tail``); towers
-    without one raise :class:`~captum_gradeclip.UnsupportedModelError`.
+    without one raise :class:`~captum_gradeclip.UnsupportedModelError`. Every call checks that this tail, fed
+    the class token's real attention output, gives back the scorer's similarities (a RuntimeError otherwise).
 
     Args:
         forward_func (ImageTextSimilarity): the image scorer.
@@ -100,16 +101,19 @@ class MaskCLIPSimilarity(TokenAttribution):
             seen["x"] = (x if self._batch_first else x.transpose(0, 1)).detach()
             seen["block"] += 1
 
-        def attn_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
+        adapter = attention_adapter(self.attention)
+
+        def attn_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
             seen["args"], seen["kwargs"] = args, kwargs
+            seen["y"] = adapter.output_tensor(output).detach()
             seen["attn"] += 1
 
         scores = run_hooked(self.forward_func, inputs, extra,
-                            [(self.block, "pre", block_hook), (self.attention, "pre", attn_hook)])
+                            [(self.block, "pre", block_hook), (self.attention, "post", attn_hook)])
         check_runs([self.block, self.attention], [seen["block"], seen["attn"]])
         cols = target_columns(scores, target)
-        adapter = attention_adapter(self.attention)
         with torch.no_grad():
+            self._check_tail(seen["x"], seen["y"], scores, layout)
             _, k, v = adapter.qkv(seen["args"], seen["kwargs"])
             dense = self.tail(seen["x"], adapter.project(full_width(v)))  # (N, L, E)
             sims = self.forward_func.score(dense)  # (N, L, T) cosines with the fixed texts
@@ -120,3 +124,15 @@ class MaskCLIPSimilarity(TokenAttribution):
                 kq = torch.einsum("nl,nld->nd", w, kk)
                 sim = sim * F.cosine_similarity(kq[:, None], kk, dim=-1)
             return torch.relu(sim)
+
+    def _check_tail(self, x: Tensor, y: Tensor, scores: Tensor, layout: TokenLayout) -> None:
+        """The tower's tail, fed the query's own attention output, must give back the scorer's similarities."""
+        w = query_weights(layout, x.shape[0], x.shape[1], x.device).to(x.dtype)
+        if layout.query_mask is not None:  # pragma: no cover - no average-pooled tower has a tail yet
+            return
+        again = self.forward_func.score(self.tail(torch.einsum("nl,nld->nd", w, x), torch.einsum("nl,nld->nd", w, y)))
+        if not torch.allclose(again.float(), scores.float(), atol=1e-4, rtol=1e-3):
+            raise RuntimeError(
+                f"the {type(self.tower).__name__} adapter's path from the last attention module to the embedding "
+                f"(Tower.pooled_tail) does not reproduce the scorer (max difference "
+                f"{float((again.float() - scores.float()).abs().max()):.3g}); MaskCLIPSimilarity cannot be computed")

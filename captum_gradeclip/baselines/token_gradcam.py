@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from ..adapters.attention import is_attention_module, attention_adapter
 from ..adapters.base import TokenLayout
-from ._common import TokenAttribution, as_module_list, batch_first_of, block_index, check_runs, \
+from ._common import TokenAttribution, as_module_list, batch_first_of, check_runs, \
     first_tensor_position, run_hooked, scorer_tower, selected_scores, target_columns
 
 
@@ -59,10 +59,9 @@ class TokenGradCAM(TokenAttribution):
             self.tower.resolve([module])  # checks that it belongs to the tower
             self._adapter = attention_adapter(module)
         else:
-            block_index(self.tower, module)  # a block of the tower, or a clear error
             if not any(module is b for b in self.tower.blocks()):
                 raise ValueError(f"{type(module).__name__} is not a block of the {self.tower.side} tower; pass "
-                                 "one of its transformer blocks")
+                                 "one of its transformer blocks (or an attention module)")
             self._adapter = None
         self.module = module
         self.attribute_to_layer_input = (layer is None) if attribute_to_layer_input is None \
