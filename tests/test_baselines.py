@@ -213,6 +213,15 @@ def test_maskclip_checks_the_tower_tail(oc_model, images, tokens):
     assert _hook_count(oc_model) == 0
 
 
+def test_non_square_and_non_native_images(oc_model, hf_model, images, tokens):
+    wide = torch.randn(2, 3, 32, 48, generator=torch.Generator().manual_seed(7))
+    for model, texts in ((oc_model, tokens), (hf_model, {"input_ids": tokens})):
+        scorer = ImageTextSimilarity(model, texts)
+        for cls in TOKEN_METHODS + [MaskCLIPSimilarity]:
+            heat = cls(scorer).attribute(wide, target=1)
+            assert heat.shape == (2, 1, 4, 6) and torch.all(heat >= 0) and heat.sum() > 0
+
+
 def test_class_agnostic_methods_ignore_target(oc_model, images, tokens):
     scorer = ImageTextSimilarity(oc_model, tokens)
     for cls in (RawAttention, AttentionRollout):
