@@ -1,0 +1,267 @@
+"""Shared machinery of the baselines: scorer checks, hooks, recomputed attention, token layouts, outputs.
+
+Nothing here knows model names: towers (:mod:`captum_gradeclip.adapters`) say which blocks exist, which token
+is the pooling query and which tokens are reported; attention adapters give q, k, v and the output projection
+of an attention module from the arguments it received. Attention probabilities are never read from the model
+(open_clip and HuggingFace modules do not return them): they are recomputed from q and k, and the
+recomputation is checked against the module's own output.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+
+import torch
+from captum._utils.common import _format_additional_forward_args
+from captum._utils.typing import TargetType
+from captum.attr import LayerAttribution
+from captum.attr._utils.attribution import GradientAttribution
+from torch import Tensor, nn
+
+from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
+from ..adapters.base import TokenLayout, Tower
+from ..errors import LayerNotExecutedError
+from ..grad_eclip import GradECLIP
+
+LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
+Hook = Tuple[nn.Module, str, Callable]  # (module, "pre" | "post", hook taking (module, args, kwargs[, output]))
+
+
+# ---------------------------------------------------------------------------------------------- scorer, layers
+def scorer_tower(forward_func: Any, method: str) -> Tower:
+    """The tower of a captum_gradeclip scorer, or a TypeError that says what to pass."""
+    tower = getattr(forward_func, "tower", None)
+    if not isinstance(tower, Tower) or not callable(getattr(forward_func, "score", None)):
+        raise TypeError(
+            f"{method} needs a scorer built by captum_gradeclip (ImageTextSimilarity or TextImageSimilarity) as "
+            f"forward_func, got {type(forward_func).__name__}; wrap your model, e.g. "
+            "ImageTextSimilarity(model, tokens)")
+    return tower
+
+
+def as_module_list(layer: LayerSpec) -> Optional[List[nn.Module]]:
+    """None, one module, or a sequence of modules, as a list (None stays None)."""
+    if layer is None:
+        return None
+    if isinstance(layer, nn.Module) and not isinstance(layer, (nn.ModuleList, nn.Sequential)):
+        return [layer]
+    out = list(layer)
+    if not out:
+        raise ValueError("layer must name at least one block or attention module")
+    return out
+
+
+def batch_first_of(tower: Tower, block: nn.Module) -> bool:
+    """Whether the block's token tensors are (N, L, D) (True) or (L, N, D), read from its attention module."""
+    return bool(getattr(attention_adapter(tower.attention_of(block)), "batch_first", True))
+
+
+# ------------------------------------------------------------------------------------------------------ targets
+def target_columns(scores: Tensor, target: TargetType, required: bool = True) -> Optional[Tensor]:
+    """Captum's target semantics as one column index per example, ``(N,)``, validated like GradECLIP.
+
+    With ``required=False`` (class-agnostic methods) a None target is accepted whatever the number of columns,
+    and None is returned.
+    """
+    if target is None and not required:
+        return None
+    GradECLIP._check_target(scores, target)
+    n, t = scores.shape[0], scores.shape[1]
+    if target is None:
+        cols = torch.zeros(n, dtype=torch.long, device=scores.device)
+    elif isinstance(target, tuple):
+        cols = torch.full((n,), target[0], dtype=torch.long, device=scores.device)
+    else:
+        cols = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1).expand(n)
+    return cols % t
+
+
+def selected_scores(scores: Tensor, cols: Tensor) -> Tensor:
+    """``scores[n, cols[n]]``: the explained similarity of each example, ``(N,)``."""
+    if scores.dim() != 2:
+        raise ValueError(f"the scorer must return (N, T) similarities, got shape {tuple(scores.shape)}")
+    return scores.gather(1, cols[:, None].to(scores.device))[:, 0]
+
+
+# -------------------------------------------------------------------------------------------------------- hooks
+def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
+    """Run the scorer once under ``no_grad`` with the given hooks; every hook is removed, even on error.
+
+    Hooks that need a graph call ``torch.set_grad_enabled(True)`` themselves: the graph then starts at the
+    first hooked layer, and the surrounding ``no_grad`` restores the caller's grad mode on exit.
+    """
+    handles = []
+    try:
+        for module, kind, fn in hooks:
+            if kind == "pre":
+                handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
+            else:
+                handles.append(module.register_forward_hook(fn, with_kwargs=True))
+        with torch.no_grad():
+            return forward_func(inputs, *extra)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def first_tensor_position(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[str, Any]:
+    """Where the hidden states are among a block's arguments: ("arg", index) or ("kw", name)."""
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor):
+            return "arg", i
+    for name, a in kwargs.items():
+        if isinstance(a, Tensor):
+            return "kw", name
+    raise LayerNotExecutedError("the explained block received no tensor input")
+
+
+def check_runs(modules: Sequence[nn.Module], runs: Sequence[int]) -> None:
+    """Every hooked module ran exactly once, or a LayerNotExecutedError that says what happened."""
+    for i, (module, count) in enumerate(zip(modules, runs)):
+        if count != 1:
+            what = "did not run" if count == 0 else f"ran {count} times"
+            raise LayerNotExecutedError(
+                f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
+                "pass blocks of the tower that the scorer encodes")
+
+
+@dataclass
+class AttentionRecord:
+    """What the hooks saw of one attention module during one forward pass."""
+
+    adapter: AttentionAdapter
+    args: Tuple[Any, ...] = ()
+    kwargs: Dict[str, Any] = field(default_factory=dict)
+    output: Optional[Tensor] = None  # the module's output y, batch first, detached
+    runs: int = 0
+    order: int = -1  # execution order among the recorded modules
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+def recording_hooks(modules: Sequence[nn.Module]) -> Tuple[List[AttentionRecord], List[Hook]]:
+    """Hooks that record the inputs and output of attention modules (nothing is changed)."""
+    records = [AttentionRecord(attention_adapter(m)) for m in modules]
+    counter = [0]
+
+    def make(rec: AttentionRecord) -> Callable:
+        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
+            rec.args, rec.kwargs, rec.runs = args, kwargs, rec.runs + 1
+            rec.output = rec.adapter.output_tensor(output).detach()
+            rec.order, counter[0] = counter[0], counter[0] + 1
+        return hook
+
+    return records, [(m, "post", make(r)) for m, r in zip(modules, records)]
+
+
+# ------------------------------------------------------------------------------------------------- attention
+def attention_probs(adapter: AttentionAdapter, q: Tensor, k: Tensor, allowed: Optional[Tensor]) -> Tensor:
+    """Softmax attention ``(N, H, L, L)`` recomputed from q and k: ``softmax(logits + mask)``."""
+    logits = adapter.logits(q, k)
+    if allowed is not None:
+        logits = logits.masked_fill(~allowed[:, None].to(logits.device), float("-inf"))
+    return logits.softmax(dim=-1)
+
+
+def output_from_probs(adapter: AttentionAdapter, probs: Tensor, v: Tensor) -> Tensor:
+    """The module output ``y = project(A @ v)`` (heads concatenated before the projection), ``(N, L, D)``."""
+    return adapter.project(full_width(torch.matmul(probs, v)))
+
+
+def check_recomputed(y_new: Tensor, y_old: Tensor, rows: Tensor, module: nn.Module) -> None:
+    """The recomputed output equals the module's own on the rows that reach the pooling query.
+
+    Raises:
+        RuntimeError: when they differ (dropout in training mode, a mask the tower does not describe, or an
+            attention variant the adapter does not reproduce).
+    """
+    rows = rows.to(y_old.device)
+    if not bool(rows.any()):
+        return
+    a, b = y_new.detach().float()[rows], y_old.detach().float()[rows]
+    tol = 1e-4 if y_old.dtype in (torch.float32, torch.float64) else 2e-2
+    err = (a - b).abs().max()
+    if not torch.isfinite(err) or err > tol * b.abs().max().clamp_min(1.0):
+        raise RuntimeError(
+            f"the attention recomputed from q and k of {type(module).__name__} does not reproduce the module's "
+            f"output (max difference {float(err):.3g}); is the model in training mode with attention dropout, "
+            "or does it use an attention mask or variant that the adapter does not know?")
+
+
+def recorded_attention(rec: AttentionRecord, layout: TokenLayout, check: bool = True) -> Tuple[Tensor, Tensor]:
+    """Attention probabilities ``(N, H, L, L)`` and values ``(N, H, L, d)`` of a recorded module, float32."""
+    with torch.no_grad():
+        q, k, v = rec.adapter.qkv(rec.args, rec.kwargs)
+        probs = attention_probs(rec.adapter, q, k, layout.allowed)
+        if check and rec.output is not None:
+            y = output_from_probs(rec.adapter, probs, v)
+            check_recomputed(y, rec.output, live_rows(layout, y.shape[0], y.shape[1]), rec.adapter.module)
+        return probs.float(), v
+
+
+# ------------------------------------------------------------------------------------------------------ tokens
+def query_weights(layout: TokenLayout, n: int, length: int, device: torch.device) -> Tensor:
+    """``(N, L)`` weights of the pooling query: one-hot at ``layout.query``, or the mean over ``query_mask``."""
+    if layout.query_mask is not None:
+        w = layout.query_mask.float().to(device)
+        return w / w.sum(dim=-1, keepdim=True).clamp_min(1.0)
+    return torch.nn.functional.one_hot(layout.query.to(device), length).float()
+
+
+def live_rows(layout: TokenLayout, n: int, length: int) -> Tensor:
+    """``(N, L)`` token rows that can reach the pooling query (everything but padding after a causal query)."""
+    device = layout.report_mask.device
+    rows = layout.lam_mask | layout.report_mask | (query_weights(layout, n, length, device) > 0)
+    return rows.to(torch.bool)
+
+
+# ------------------------------------------------------------------------------------------------- base class
+class TokenAttribution(LayerAttribution, GradientAttribution):
+    """Base of the baselines: a Captum layer attribution on a captum_gradeclip scorer.
+
+    Subclasses set :attr:`text_supported` and implement :meth:`_token_map`, which returns ``(N, L)`` scores over
+    token positions; the base class validates inputs, zeroes everything outside the reported tokens and shapes
+    the result as ``(N, 1, h, w)`` (image) or ``(N, L)`` (text).
+    """
+
+    text_supported: bool = True
+
+    def __init__(self, forward_func: Callable, blocks: List[nn.Module],
+                 device_ids: Optional[List[int]] = None) -> None:
+        tower = scorer_tower(forward_func, type(self).__name__)
+        if tower.side != "image" and not self.text_supported:
+            raise ValueError(f"{type(self).__name__} explains images only: pass an ImageTextSimilarity scorer")
+        LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
+        GradientAttribution.__init__(self, forward_func)
+        self.tower: Tower = tower
+
+    @staticmethod
+    def _unpack(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bool]:
+        if isinstance(inputs, tuple):
+            if len(inputs) != 1:
+                raise ValueError(f"this method explains one input tensor; got a tuple of {len(inputs)}")
+            return inputs[0], True
+        return inputs, False
+
+    def _run(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType,
+             additional_forward_args: Any) -> Union[Tensor, Tuple[Tensor, ...]]:
+        x, is_tuple = self._unpack(inputs)
+        extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
+        self.tower.validate(x, *extra)
+        with torch.inference_mode(False):
+            layout = self.tower.layout(x, *extra)
+            values = self._token_map(x, extra, layout, target)
+        out = self._shape(values.detach(), layout)
+        return (out,) if is_tuple else out
+
+    def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
+                   target: TargetType) -> Tensor:
+        raise NotImplementedError  # pragma: no cover
+
+    def _shape(self, values: Tensor, layout: TokenLayout) -> Tensor:
+        values = values.float() * layout.report_mask.to(values.device)
+        if layout.grid is None:
+            return values
+        keep = layout.report_mask[0]
+        h, w = layout.grid
+        return values[:, keep].reshape(values.shape[0], 1, h, w)

@@ -1,0 +1,77 @@
+"""Raw attention: the pooling query's softmax attention row in one block, heads averaged."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+from captum._utils.typing import TargetType
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from ..adapters.base import TokenLayout
+from ._common import TokenAttribution, as_module_list, check_runs, query_weights, recorded_attention, \
+    recording_hooks, run_hooked, scorer_tower, target_columns
+
+
+class RawAttention(TokenAttribution):
+    r"""Raw attention of the pooling query (class token, or EOS token of the text tower) in one block.
+
+    .. math::
+
+        m_i = \frac{1}{H} \sum_h A^{(h)}_{p, i},\qquad
+        A^{(h)} = \operatorname{softmax}\big(q^{(h)} k^{(h)\top} \cdot \text{scale} + \text{mask}\big)
+
+    for the explained tokens :math:`i` (patches, or the words of a caption). The probabilities are recomputed
+    from the attention module's q and k (the modules do not return them) and checked against the module's
+    output. Class-agnostic: the map does not depend on ``target``.
+
+    The Grad-ECLIP authors' "self-attention" baseline takes the same row from their single-head re-run of the
+    last block; this class explains the unmodified model (heads averaged).
+
+    Args:
+        forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer.
+        layer (nn.Module, optional): a block (or its attention module) of the scorer's tower.
+            Default: the last block.
+        device_ids (list of int, optional): kept for Captum's signature. Default: None
+
+    Examples::
+
+        >>> heat = RawAttention(scorer).attribute(images)    # (N, 1, h, w)
+    """
+
+    def __init__(self, forward_func: Callable, layer: Optional[nn.Module] = None,
+                 device_ids: Optional[List[int]] = None) -> None:
+        tower = scorer_tower(forward_func, type(self).__name__)
+        blocks = as_module_list(layer) or tower.blocks()[-1:]
+        if len(blocks) != 1:
+            raise ValueError("RawAttention explains one layer; use AttentionRollout for several")
+        super().__init__(forward_func, blocks, device_ids)
+        self.attention_modules = self.tower.resolve(blocks)
+
+    @log_usage()
+    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
+                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        r"""The query's head-averaged attention over the explained tokens.
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
+            target (optional): ignored (the map is class-agnostic), validated when given. Default: None
+            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
+
+        Returns:
+            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
+            non-negative.
+        """
+        return self._run(inputs, target, additional_forward_args)
+
+    def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
+                   target: TargetType) -> Tensor:
+        records, hooks = recording_hooks(self.attention_modules)
+        scores = run_hooked(self.forward_func, inputs, extra, hooks)
+        check_runs(self.attention_modules, [r.runs for r in records])
+        target_columns(scores, target, required=False)
+        probs, _ = recorded_attention(records[0], layout)
+        n, length = probs.shape[0], probs.shape[-1]
+        w = query_weights(layout, n, length, probs.device)
+        return torch.einsum("nq,nqk->nk", w, probs.mean(dim=1))

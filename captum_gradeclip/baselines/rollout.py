@@ -1,0 +1,86 @@
+"""Attention rollout (Abnar & Zuidema, 2020)."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, List, Optional, Tuple, Union
+
+import torch
+from captum._utils.typing import TargetType
+from captum.log import log_usage
+from torch import Tensor
+
+from ..adapters.base import TokenLayout
+from ._common import LayerSpec, TokenAttribution, as_module_list, check_runs, query_weights, recorded_attention, \
+    recording_hooks, run_hooked, scorer_tower, target_columns
+
+
+class AttentionRollout(TokenAttribution):
+    r"""Attention rollout: head-averaged attention plus identity, row-normalised, multiplied through the layers.
+
+    Abnar & Zuidema, "Quantifying Attention Flow in Transformers", ACL 2020 (https://arxiv.org/abs/2005.00928).
+    For the explained blocks :math:`l = 1..L` in execution order,
+
+    .. math::
+
+        \hat A_l = \operatorname{rownorm}\Big(\tfrac{1}{H}\sum_h A_l^{(h)} + I\Big),\qquad
+        R = \hat A_L \hat A_{L-1} \cdots \hat A_1,\qquad m_i = R_{p, i}
+
+    for the pooling query :math:`p` and the explained tokens :math:`i`. (Softmax rows sum to one, so
+    :math:`\hat A = (A + I) / 2`.) Only the query's row is propagated, from the last layer down, which costs
+    :math:`O(L^2)` per layer. Probabilities are recomputed from q and k and checked against each module's
+    output. Class-agnostic: the map does not depend on ``target``.
+
+    The Grad-ECLIP authors' "rollout" used the last layer only (``layers=[last block]``), which is raw
+    attention averaged with the identity.
+
+    Args:
+        forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer.
+        layers (nn.Module or list of nn.Module, optional): blocks (or attention modules) of the scorer's tower.
+            Default: every block.
+        device_ids (list of int, optional): kept for Captum's signature. Default: None
+
+    Examples::
+
+        >>> heat = AttentionRollout(scorer).attribute(images)    # (N, 1, h, w)
+    """
+
+    def __init__(self, forward_func: Callable, layers: LayerSpec = None,
+                 device_ids: Optional[List[int]] = None) -> None:
+        tower = scorer_tower(forward_func, type(self).__name__)
+        blocks = as_module_list(layers) or tower.blocks()
+        super().__init__(forward_func, blocks, device_ids)
+        self.attention_modules = self.tower.resolve(blocks)
+
+    @log_usage()
+    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
+                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        r"""The query's row of the attention rollout over the explained tokens.
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
+            target (optional): ignored (the map is class-agnostic), validated when given. Default: None
+            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
+
+        Returns:
+            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
+            non-negative.
+        """
+        return self._run(inputs, target, additional_forward_args)
+
+    def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
+                   target: TargetType) -> Tensor:
+        records, hooks = recording_hooks(self.attention_modules)
+        scores = run_hooked(self.forward_func, inputs, extra, hooks)
+        check_runs(self.attention_modules, [r.runs for r in records])
+        target_columns(scores, target, required=False)
+        row: Optional[Tensor] = None
+        for rec in sorted(records, key=lambda r: r.order, reverse=True):  # last layer first
+            probs, _ = recorded_attention(rec, layout)
+            a = probs.mean(dim=1)
+            a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+            a = a / a.sum(dim=-1, keepdim=True)
+            if row is None:
+                row = query_weights(layout, a.shape[0], a.shape[-1], a.device)
+            row = torch.einsum("nq,nqk->nk", row, a)
+        assert row is not None
+        return row

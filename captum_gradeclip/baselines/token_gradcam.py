@@ -1,0 +1,129 @@
+"""Grad-CAM over transformer tokens, with tokens and channels where they belong."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+
+import torch
+from captum._utils.typing import TargetType
+from captum.log import log_usage
+from torch import Tensor, nn
+
+from ..adapters.attention import is_attention_module, attention_adapter
+from ..adapters.base import TokenLayout
+from ._common import TokenAttribution, as_module_list, batch_first_of, check_runs, \
+    first_tensor_position, run_hooked, scorer_tower, selected_scores, target_columns
+
+
+class TokenGradCAM(TokenAttribution):
+    r"""Grad-CAM (Selvaraju et al., ICCV 2017, https://arxiv.org/abs/1610.02391) on a transformer's tokens.
+
+    Captum's ``LayerGradCam`` treats dimension 1 as channels, which for a ``(N, L, D)`` token tensor averages
+    over the width and sums over the tokens (captum-notes §2). Here the activations :math:`a_{ic}` are the
+    tokens ``(N, L, D)`` of a block, and
+
+    .. math::
+
+        w_c = \frac{1}{|E|}\sum_{i\in E} \frac{\partial S}{\partial a_{ic}},\qquad
+        m_i = \operatorname{ReLU}\Big(\sum_c w_c\, a_{ic}\Big)\quad (i \in E)
+
+    with :math:`E` the explained tokens (patches, or the words of a caption).
+
+    By default the activations are the **input of the last block** (the output of the one before): in a
+    class-token (or EOS-token) pooled tower the last block's outputs at the other tokens never reach the
+    embedding, so their gradient is zero. This is also the Grad-ECLIP authors' choice; they average the
+    gradient over every token, class token included, where this class averages over the explained tokens.
+
+    Args:
+        forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer.
+        layer (nn.Module, optional): a block of the scorer's tower (or an attention module, whose output
+            ``y`` is then used). Default: the last block, with ``attribute_to_layer_input=True``.
+        device_ids (list of int, optional): kept for Captum's signature. Default: None
+        attribute_to_layer_input (bool, optional): use the block's input tokens instead of its output.
+            Default: True when ``layer`` is None, else False.
+
+    Examples::
+
+        >>> heat = TokenGradCAM(scorer).attribute(images, target=0)    # (N, 1, h, w)
+    """
+
+    def __init__(self, forward_func: Callable, layer: Optional[nn.Module] = None,
+                 device_ids: Optional[List[int]] = None, attribute_to_layer_input: Optional[bool] = None) -> None:
+        tower = scorer_tower(forward_func, type(self).__name__)
+        blocks = as_module_list(layer) or tower.blocks()[-1:]
+        if len(blocks) != 1:
+            raise ValueError("TokenGradCAM explains one layer")
+        module = blocks[0]
+        super().__init__(forward_func, blocks, device_ids)
+        if is_attention_module(module):
+            self.tower.resolve([module])  # checks that it belongs to the tower
+            self._adapter = attention_adapter(module)
+        else:
+            if not any(module is b for b in self.tower.blocks()):
+                raise ValueError(f"{type(module).__name__} is not a block of the {self.tower.side} tower; pass "
+                                 "one of its transformer blocks (or an attention module)")
+            self._adapter = None
+        self.module = module
+        self.attribute_to_layer_input = (layer is None) if attribute_to_layer_input is None \
+            else bool(attribute_to_layer_input)
+        self._batch_first = True if self._adapter is not None else batch_first_of(self.tower, module)
+
+    @log_usage()
+    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
+                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        r"""Token Grad-CAM maps of one target per example.
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
+            target (int, tuple, Tensor or list, optional): the scorer's column to explain (Captum semantics);
+                None only for a one-column scorer. Default: None
+            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
+
+        Returns:
+            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
+            non-negative.
+        """
+        return self._run(inputs, target, additional_forward_args)
+
+    def _tokens(self, x: Tensor) -> Tensor:
+        return x if self._batch_first else x.transpose(0, 1)
+
+    def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
+                   target: TargetType) -> Tensor:
+        seen: Dict[str, Any] = {"runs": 0}
+
+        def probed(x: Tensor) -> Tensor:
+            torch.set_grad_enabled(True)  # restored when run_hooked's no_grad() exits
+            tokens = self._tokens(x)
+            probe = torch.zeros_like(tokens, requires_grad=True)
+            seen["act"], seen["probe"], seen["runs"] = tokens.detach(), probe, seen["runs"] + 1
+            return self._tokens(tokens + probe)  # back to the module's own layout
+
+        def pre_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Any:
+            where, key = first_tensor_position(args, kwargs)
+            if where == "arg":
+                args = args[:key] + (probed(args[key]),) + args[key + 1:]
+            else:
+                kwargs = dict(kwargs, **{key: probed(kwargs[key])})
+            return args, kwargs
+
+        def post_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Any:
+            if self._adapter is not None:
+                return self._adapter.replace_output(output, probed(self._adapter.output_tensor(output)))
+            if isinstance(output, tuple):
+                return (probed(output[0]),) + tuple(output[1:])
+            return probed(output)
+
+        hook = (self.module, "pre", pre_hook) if self.attribute_to_layer_input else (self.module, "post", post_hook)
+        scores = run_hooked(self.forward_func, inputs, extra, [hook])
+        check_runs([self.module], [seen["runs"]])
+        chosen = selected_scores(scores, target_columns(scores, target))
+        act, probe = seen["act"].float(), seen["probe"]
+        if chosen.requires_grad:
+            (grad,) = torch.autograd.grad(chosen.sum(), [probe], allow_unused=True)
+        else:  # pragma: no cover - the layer is upstream of the score
+            grad = None
+        grad = torch.zeros_like(act) if grad is None else grad.float()
+        explained = layout.report_mask.to(act.device).float()  # (N, L)
+        weights = torch.einsum("nl,nlc->nc", explained, grad) / explained.sum(-1, keepdim=True).clamp_min(1.0)
+        return torch.relu(torch.einsum("nc,nlc->nl", weights, act))
