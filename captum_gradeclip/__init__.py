@@ -1,7 +1,9 @@
 """captum-gradeclip: Grad-ECLIP explanations for CLIP-style models as Captum attributions."""
 
 from . import metrics, viz
-from .adapters import image_tower, text_tower
+from .adapters import SUPPORTED_MODELS, image_tower, text_tower
+from .baselines import (AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity, RawAttention, TokenGradCAM,
+                        patch_feature_mask, pool_to_grid)
 from .errors import LayerNotExecutedError, UnsupportedModelError
 from .grad_eclip import GradECLIP
 from .scorers import ImageTextSimilarity, TextImageSimilarity
@@ -10,7 +12,15 @@ from .viz import normalize_map, normalize_words
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionRollout",
     "GradECLIP",
+    "GradientWeightedAttention",
+    "MaskCLIPSimilarity",
+    "RawAttention",
+    "SUPPORTED_MODELS",
+    "TokenGradCAM",
+    "patch_feature_mask",
+    "pool_to_grid",
     "ImageTextSimilarity",
     "LayerNotExecutedError",
     "TextImageSimilarity",

@@ -43,6 +43,13 @@ def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
     raise LayerNotExecutedError("the explained block received no tensor input")
 
 
+def _autocast_on(device: torch.device) -> bool:
+    try:
+        return torch.is_autocast_enabled(device.type)
+    except TypeError:  # torch < 2.4
+        return torch.is_autocast_enabled()
+
+
 def _masked_minmax(s: Tensor, mask: Tensor) -> Tensor:
     """Min-max normalise ``s`` (..., L) over ``mask`` along the last axis; zero outside the mask; 1 where max == min."""
     inf = torch.finfo(s.dtype).max
@@ -262,6 +269,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 raise ValueError(f"the scorer must return (N, T) similarities, got shape {tuple(scores.shape)}")
             columns = select(scores)  # (N, K)
             grads = self._gradients(scores, columns, records, fast)
+            if grads is None:  # the fast path did not reproduce the forward pass: differentiate the whole forward
+                records = self._forward(inputs, extra, layout, None)
+                scores = records.pop("__scores__")
+                grads = self._gradients(scores, columns, records, None)
             return self._maps(records, grads, layout)
 
     def _fast_tail(self) -> Optional[Tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]]:
@@ -363,15 +374,22 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 for g, t in zip(grads, wrt)]
 
     def _gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any],
-                   fast: Optional[Tuple[nn.Module, Callable]]) -> List[Tensor]:
-        """dS/dy at the query rows for every explained layer: a list of (K, N, Q, D)."""
+                   fast: Optional[Tuple[nn.Module, Callable]]) -> Optional[List[Tensor]]:
+        """dS/dy at the query rows for every explained layer: a list of (K, N, Q, D); None when the fast path
+        fails its self-check."""
         k = columns.shape[1]
         recs = [records[str(i)] for i in range(len(self.attention_modules))]
         if fast is not None:
             rec = recs[0]
             with torch.enable_grad():
                 y = rec.y_query.clone().requires_grad_(True)
-                chosen = self.forward_func.score(fast[1](rec.block_in[:, 0], y[:, 0])).gather(1, columns)
+                tail_scores = self.forward_func.score(fast[1](rec.block_in[:, 0], y[:, 0]))
+                # self-check: the query's path must reproduce the forward's similarities exactly (up to rounding)
+                tol = 1e-4 if tail_scores.dtype == torch.float32 and not _autocast_on(y.device) else 3e-2
+                if tail_scores.shape != scores.shape or \
+                        not torch.allclose(tail_scores.detach(), scores.detach().to(tail_scores.dtype), atol=tol):
+                    return None
+                chosen = tail_scores.gather(1, columns)
                 outs = [self._batched_grad(chosen[:, j:j + self.chunk_size], [y], True)[0]
                         for j in range(0, k, self.chunk_size)]
             return [torch.cat(outs, dim=0)]

@@ -8,6 +8,8 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 import pytest  # noqa: E402
 import torch  # noqa: E402
 
+torch.set_num_threads(1)  # tiny models: threads cost more than they give, and keep the suite steady under load
+
 CONTEXT = 12
 EOT = 99  # the largest id: open_clip pools at argmax
 

@@ -321,3 +321,17 @@ def test_training_mode_warns(images, tokens):
     with pytest.warns(UserWarning, match="training mode"):
         GradECLIP(ImageTextSimilarity(model, tokens)).attribute(images, target=0)
     assert model.training
+
+
+def test_fast_path_self_check_falls_back(oc_model, images, tokens, monkeypatch):
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    good = GradECLIP(scorer).attribute_all(images)
+    tower_cls = type(scorer.tower)
+    original = tower_cls.pooled_tail
+
+    def wrong_tail(self, module):
+        tail = original(self, module)
+        return None if tail is None else (lambda x, y: tail(x, 2 * y))  # a tail that is not the model's
+
+    monkeypatch.setattr(tower_cls, "pooled_tail", wrong_tail)
+    torch.testing.assert_close(GradECLIP(scorer).attribute_all(images), good, atol=1e-6, rtol=1e-5)
