@@ -19,6 +19,7 @@ from .adapters.attention import AttentionAdapter, attention_adapter, attention_o
     single_head_output
 from .adapters.base import TokenLayout, Tower
 from .errors import LayerNotExecutedError
+from .targets import check_target, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 
@@ -157,7 +158,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         x, is_tuple = self._unpack(inputs)
 
         def select(scores: Tensor) -> Tensor:
-            return self._target_columns(scores, target)
+            return target_columns(scores, target)[:, None]
 
         maps = self._attribute(x, additional_forward_args, select)[:, 0]
         if self.tower.side == "image":
@@ -197,7 +198,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             if not cols or not all(isinstance(c, int) for c in cols):
                 raise ValueError(f"targets must be a non-empty sequence of ints, got {targets!r}")
             for c in cols:
-                self._check_target(scores, c)
+                check_target(scores, c)
             index = torch.tensor([c % scores.shape[1] for c in cols], device=scores.device)
             return index[None, :].expand(scores.shape[0], -1)
 
@@ -210,46 +211,6 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 raise ValueError(f"GradECLIP explains one input tensor; got a tuple of {len(inputs)}")
             return inputs[0], True
         return inputs, False
-
-    def _target_columns(self, scores: Tensor, target: TargetType) -> Tensor:
-        """Captum's target semantics as column indices (N, 1)."""
-        self._check_target(scores, target)
-        n, t = scores.shape[0], scores.shape[1]
-        if target is None:
-            cols = torch.zeros(n, dtype=torch.long, device=scores.device)
-        elif isinstance(target, tuple):
-            cols = torch.full((n,), target[0], dtype=torch.long, device=scores.device)
-        else:
-            cols = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1).expand(n)
-        return (cols % t)[:, None]
-
-    @staticmethod
-    def _check_target(scores: Tensor, target: TargetType) -> None:
-        n, t = scores.shape[0], scores.shape[1] if scores.dim() > 1 else 1
-        if target is None:
-            if t != 1:
-                raise ValueError(f"target is required: the scorer has {t} columns (texts or images); "
-                                 "pass an int, or a list of N ints")
-            return
-        if isinstance(target, tuple):
-            if len(target) != 1:
-                raise ValueError(f"a tuple target indexes the (N, T) output with one int, got {target!r}")
-            values = list(target)
-        elif isinstance(target, Tensor):
-            values = target.reshape(-1).tolist()
-            if target.numel() not in (1, n):
-                raise ValueError(f"target tensor must have 1 or N={n} elements, got {target.numel()}")
-        elif isinstance(target, list):
-            values = target
-            if len(target) != n:
-                raise ValueError(f"target list must have N={n} elements (one per example), got {len(target)}")
-        elif isinstance(target, int):
-            values = [target]
-        else:
-            raise TypeError(f"target must be an int, a list or a tensor of ints, got {type(target).__name__}")
-        for v in values:
-            if not isinstance(v, int) or not -t <= v < t:
-                raise ValueError(f"target {v!r} is out of range: the scorer has {t} columns (0..{t - 1})")
 
     def _attribute(self, inputs: Tensor, additional_forward_args: Any,
                    select: Callable[[Tensor], Tensor]) -> Tensor:

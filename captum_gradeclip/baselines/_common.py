@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
 from ..errors import LayerNotExecutedError
-from ..grad_eclip import GradECLIP
+from ..targets import target_columns as _target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 Hook = Tuple[nn.Module, str, Callable]  # (module, "pre" | "post", hook taking (module, args, kwargs[, output]))
@@ -66,15 +66,7 @@ def target_columns(scores: Tensor, target: TargetType, required: bool = True) ->
     """
     if target is None and not required:
         return None
-    GradECLIP._check_target(scores, target)
-    n, t = scores.shape[0], scores.shape[1]
-    if target is None:
-        cols = torch.zeros(n, dtype=torch.long, device=scores.device)
-    elif isinstance(target, tuple):
-        cols = torch.full((n,), target[0], dtype=torch.long, device=scores.device)
-    else:
-        cols = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1).expand(n)
-    return cols % t
+    return _target_columns(scores, target)
 
 
 def selected_scores(scores: Tensor, cols: Tensor) -> Tensor:

@@ -1,0 +1,53 @@
+"""Captum's target semantics for (N, T) similarity outputs, validated with readable errors."""
+
+from __future__ import annotations
+
+import torch
+from captum._utils.typing import TargetType
+from torch import Tensor
+
+
+def check_target(scores: Tensor, target: TargetType) -> None:
+    """Raise a clear error unless ``target`` selects one column of ``scores`` ``(N, T)`` per example.
+
+    Accepted (Captum's semantics): None when ``T == 1``; an int in ``[-T, T)``; a 1-tuple of such an int; a list
+    of N ints; a tensor of 1 or N ints.
+    """
+    n, t = scores.shape[0], scores.shape[1] if scores.dim() > 1 else 1
+    if target is None:
+        if t != 1:
+            raise ValueError(f"target is required: the scorer has {t} columns (texts or images); "
+                             "pass an int, or a list of N ints")
+        return
+    if isinstance(target, tuple):
+        if len(target) != 1:
+            raise ValueError(f"a tuple target indexes the (N, T) output with one int, got {target!r}")
+        values = list(target)
+    elif isinstance(target, Tensor):
+        if target.numel() not in (1, n):
+            raise ValueError(f"target tensor must have 1 or N={n} elements, got {target.numel()}")
+        values = target.reshape(-1).tolist()
+    elif isinstance(target, list):
+        if len(target) != n:
+            raise ValueError(f"target list must have N={n} elements (one per example), got {len(target)}")
+        values = target
+    elif isinstance(target, int):
+        values = [target]
+    else:
+        raise TypeError(f"target must be an int, a list or a tensor of ints, got {type(target).__name__}")
+    for v in values:
+        if not isinstance(v, int) or isinstance(v, bool) or not -t <= v < t:
+            raise ValueError(f"target {v!r} is out of range: the scorer has {t} columns (0..{t - 1})")
+
+
+def target_columns(scores: Tensor, target: TargetType) -> Tensor:
+    """The column explained for each example, ``(N,)`` long on ``scores``' device (validated first)."""
+    check_target(scores, target)
+    n, t = scores.shape[0], scores.shape[1]
+    if target is None:
+        cols = torch.zeros(n, dtype=torch.long, device=scores.device)
+    elif isinstance(target, tuple):
+        cols = torch.full((n,), target[0], dtype=torch.long, device=scores.device)
+    else:
+        cols = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1).expand(n)
+    return cols % t
