@@ -37,7 +37,7 @@ def timm_shrink_kwargs(name: str) -> Dict[str, Any]:
         stages = 5 if name in ("fastvit_mci3", "fastvit_mci4") else 4
         return dict(layers=(1,) * stages, embed_dims=tuple(8 * 2 ** i for i in range(stages)))
     if name.startswith("vitamin"):
-        return dict(depth=1)
+        return dict(depth=1, img_size=64)
     if name.startswith("vit_base_mci"):
         return dict(depth=1, img_size=64)
     patch = _patch_of(name)
