@@ -79,9 +79,9 @@ def shrunk_config(name: str) -> Tuple[str, Dict[str, Any]]:
         v["timm_model_pretrained"] = False
     else:
         if isinstance(v.get("layers"), (list, tuple)):
-            v.update(layers=[1, 1, 1, 1], width=8, head_width=8)
+            v.update(layers=[1, 1, 1, 1], width=8, head_width=8, image_size=64)
         else:
-            v.update(layers=2, width=64, head_width=32)
+            v.update(layers=2, width=64, head_width=32, image_size=4 * int(v.get("patch_size", 16)))
             if "attn_pooler_heads" in v:
                 v["attn_pooler_heads"] = 2
             if v.get("attentional_pool"):

@@ -78,20 +78,20 @@ def check_text_maps(maps: Tensor, tokens: Tensor, words: Tensor) -> None:
 # =============================================================================================================
 IMAGE_FAMILIES = {
     # name: (builder, grid of a (H, 2W) input or None when only the native size is accepted)
-    "vit-cls": (lambda: zoo("ViT-B-32"), (7, 14)),
+    "vit-cls": (lambda: zoo("ViT-B-32"), (4, 8)),
     "vit-avg (CLIPA)": (lambda: tiny_clip(vision=dict(pool_type="avg", no_ln_pre=True, final_ln_after_pool=True)),
                         (4, 8)),
     "vit-custom-block": (lambda: tiny_clip(vision=dict(qk_norm=True, scale_heads=True, scale_attn_inner=True,
                                                        scale_attn=True, scale_fc=True, ls_init_value=0.5)), (4, 8)),
-    "coca-attn-pool": (lambda: zoo("coca_ViT-B-32"), (7, 14)),
-    "resnet-attnpool": (lambda: zoo("RN50"), (7, 14)),
+    "coca-attn-pool": (lambda: zoo("coca_ViT-B-32"), (4, 8)),
+    "resnet-attnpool": (lambda: zoo("RN50"), (2, 4)),
     "timm-siglip-map": (lambda: zoo("ViT-B-16-SigLIP"), (4, 8)),
     "timm-vit-cls (MobileCLIP2-L)": (lambda: zoo("MobileCLIP2-L-14"), (4, 8)),
     "timm-vit-gap": (lambda: zoo("vit_medium_patch16_gap_256"), (4, 8)),
     "timm-eva02-rope": (lambda: zoo("EVA02-B-16"), (4, 8)),
     "timm-pe-rope-map": (lambda: zoo("PE-Core-T-16-384"), (4, 8)),
     "timm-relpos (native only)": (lambda: zoo("vit_relpos_medium_patch16_cls_224"), None),
-    "timm-hybrid (MobileCLIP-B)": (lambda: zoo("MobileCLIP-B"), (2, 4)),
+    "timm-hybrid (MobileCLIP-B)": (lambda: zoo("MobileCLIP-B"), (4, 8)),
 }
 
 
@@ -106,7 +106,8 @@ def test_image_family(family: str) -> None:
     maps = ge.attribute(images, target=[0, 2])
     check_image_maps(maps, 2, tower.layout(images).grid)
     # the tower encodes native-size images exactly as the model does
-    torch.testing.assert_close(tower.encode(images), model.encode_image(images), rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(F.normalize(tower.encode(images), dim=-1), model.encode_image(images, normalize=True),
+                               rtol=1e-4, atol=1e-5)
     wide = images_for(model, n=1, wide=True)
     if wide_grid is None:
         with pytest.raises(ValueError, match="accepts only its own image size"):
@@ -401,9 +402,13 @@ def test_reference_coca_attentional_pooler() -> None:
     e = a.embed_dim
     xk = pool.ln_k(x)
     probes = pool.ln_q(pool.query)[None].expand(x.shape[0], -1, -1)
-    q = F.linear(probes, a.q_proj_weight, a.in_proj_bias[:e])
-    k = F.linear(xk, a.k_proj_weight, a.in_proj_bias[e:2 * e])
-    vv = F.linear(xk, a.v_proj_weight, a.in_proj_bias[2 * e:])
+    if a._qkv_same_embed_dim:
+        wq, wk, wv = a.in_proj_weight.chunk(3, dim=0)
+    else:
+        wq, wk, wv = a.q_proj_weight, a.k_proj_weight, a.v_proj_weight
+    q = F.linear(probes, wq, a.in_proj_bias[:e])
+    k = F.linear(xk, wk, a.in_proj_bias[e:2 * e])
+    vv = F.linear(xk, wv, a.in_proj_bias[2 * e:])
     o = attend(q, k, vv, a.num_heads)
 
     def tail(o: Tensor) -> Tensor:
@@ -412,7 +417,7 @@ def test_reference_coca_attentional_pooler() -> None:
     n, length = x.shape[:2]
     queries = F.one_hot(torch.zeros(n, dtype=torch.long), q.shape[1]).bool()
     patches = (torch.arange(length) >= 1)[None].expand(n, -1)
-    expected = image_reference(scorer, images, 2, q, k, vv, o, tail, queries, patches, 1, (7, 14))
+    expected = image_reference(scorer, images, 2, q, k, vv, o, tail, queries, patches, 1, (4, 8))
     torch.testing.assert_close(GradECLIP(scorer).attribute(images, target=2), expected, rtol=1e-4, atol=1e-6)
 
 
@@ -435,7 +440,7 @@ def test_reference_resnet_attnpool() -> None:
     queries = torch.ones(n, 1, dtype=torch.bool)
     spatial = (torch.arange(length) >= 1)[None].expand(n, -1)
     expected = image_reference(scorer, images, 0, q, k, vv, o, lambda o: p.c_proj(o)[:, 0], queries, spatial, 1,
-                               (7, 7))
+                               (2, 2))
     torch.testing.assert_close(GradECLIP(scorer).attribute(images, target=0), expected, rtol=1e-4, atol=1e-6)
 
 

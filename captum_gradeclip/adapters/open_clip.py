@@ -379,8 +379,9 @@ def text_layout(tokens: Tensor, query: Tensor, words: Tensor, key_valid: Optiona
     allowed = valid[:, None, :].expand(n, length, length)
     if causal:
         allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=device)[None]
     attends = allowed[torch.arange(n, device=device), query]
+    # a query row with no key left (a padding row) would give NaN in a re-run; let such rows see themselves
+    allowed = allowed | (torch.eye(length, dtype=torch.bool, device=device)[None] & ~allowed.any(-1, keepdim=True))
     report = torch.zeros(n, length, dtype=torch.bool, device=device)
     report[:, :l_in] = words
     report &= attends & (pos[None, :] != query[:, None])
