@@ -252,6 +252,19 @@ def test_models_are_left_unchanged() -> None:
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
+@pytest.mark.parametrize("name", ["ViT-B-16-SigLIP", "RN50", "roberta-ViT-B-32", "coca_ViT-B-32"])
+def test_single_head_mode_runs_where_the_output_is_read_at_a_submodule(name: str) -> None:
+    """single_head=True re-runs the explained attention inside the hook; adapters reading y at a submodule
+    (MAP pool proj, BERT output.dense) must not re-enter it."""
+    model = zoo(name)
+    maps = GradECLIP(ImageTextSimilarity(model, torch.randn(2, EMBED)), single_head=True).attribute(
+        images_for(model), target=0)
+    assert torch.isfinite(maps).all() and (maps >= 0).all()
+    tokens = text_tokens(model)
+    tmaps = GradECLIP(TextImageSimilarity(model, torch.randn(2, EMBED)), single_head=True).attribute(tokens, target=0)
+    assert torch.isfinite(tmaps).all() and tmaps.shape == tokens.shape
+
+
 def test_register_attention_adapter() -> None:
     class Toy(nn.Module):
         pass

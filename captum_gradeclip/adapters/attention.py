@@ -52,7 +52,11 @@ class AttentionAdapter:
 
     @property
     def output_module(self) -> nn.Module:
-        """The module whose forward output is ``y = project(o)`` (hooked to read and probe ``y``)."""
+        """The module whose forward output is ``y = project(o)`` (hooked to read and probe ``y``).
+
+        When it is a submodule (such as an output projection), :meth:`project` must not call it as a module (use
+        its weights functionally): the hook on it would fire again.
+        """
         return self.module
 
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:

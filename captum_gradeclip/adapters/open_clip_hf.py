@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Dict, List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
@@ -42,7 +43,8 @@ class BertStyleAttentionAdapter(AttentionAdapter):
         return _heads(sa.query(x), h), _heads(sa.key(x), h), _heads(sa.value(x), h)
 
     def project(self, o: Tensor) -> Tensor:
-        return self.module.output.dense(o)
+        dense = self.module.output.dense  # applied functionally: calling the hooked module would re-enter its hook
+        return F.linear(o, dense.weight.to(o.dtype), None if dense.bias is None else dense.bias.to(o.dtype))
 
 
 def _is_bert_style(module: nn.Module) -> bool:

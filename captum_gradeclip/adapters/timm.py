@@ -125,7 +125,10 @@ class TimmAttentionPoolLatentAdapter(AttentionAdapter):
         return m.q_norm(q), m.k_norm(k), v
 
     def project(self, o: Tensor) -> Tensor:
-        return self.module.proj(o)
+        proj = self.module.proj  # applied functionally: calling the hooked module would re-enter its hook
+        if isinstance(proj, nn.Linear):
+            return F.linear(o, proj.weight.to(o.dtype), None if proj.bias is None else proj.bias.to(o.dtype))
+        return o
 
 
 def _is_attention_pool_latent(module: nn.Module) -> bool:
