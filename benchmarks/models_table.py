@@ -58,6 +58,8 @@ def image_family(model) -> str:
         t = v.trunk
         pool = "MAP" if getattr(t, "attn_pool", None) is not None else getattr(t, "global_pool", "")
         extra = ", rotary" if getattr(t, "rope", None) is not None else ""
+        if type(getattr(t, "patch_embed", None)).__name__.startswith("Hybrid"):
+            extra += ", convolutional stem"
         pool = {"token": "class token", "avg": "average", "MAP": "MAP head"}.get(pool, pool or "none")
         return f"timm {type(t).__name__} ({pool}{extra})" if hasattr(t, "blocks") and hasattr(t, "global_pool") \
             else f"timm {type(t).__name__}"
@@ -118,8 +120,8 @@ def run_one(name: str) -> Dict[str, str]:
 def write_markdown(rows: List[Dict[str, str]], path: str) -> None:
     groups: "OrderedDict[Tuple[str, ...], List[Dict[str, str]]]" = OrderedDict()
     for r in sorted(rows, key=lambda r: (r.get("image_family", ""), r.get("text_family", ""), r["name"])):
-        key = (r.get("image_family", "?"), r.get("image", "error"), r.get("image_note", ""), r.get("image_layers", ""),
-               r.get("text_family", "?"), r.get("text", "error"), r.get("text_layers", ""))
+        key = (r.get("image_family", "?"), r.get("image", "error"), r.get("image_note", ""),
+               r.get("image_layers", ""), r.get("text_family", "?"), r.get("text", "error"), r.get("text_layers", ""))
         groups.setdefault(key, []).append(r)
     n_img = sum(r.get("image") == "yes" for r in rows)
     n_txt = sum(r.get("text") == "yes" for r in rows)

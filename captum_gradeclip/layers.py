@@ -2,8 +2,8 @@
 
 :func:`default_layers` gives the blocks explained when ``GradECLIP(scorer, layer=None)``; :func:`describe_layers`
 names the layers of a scorer's default or of a :class:`~captum_gradeclip.GradECLIP` as dotted module paths
-relative to the model (``visual.transformer.resblocks.11``, ``visual.trunk.attn_pool``, ``text.transformer.resblocks.7``),
-the names ``model.get_submodule`` accepts.
+relative to the model (``visual.transformer.resblocks.11``, ``visual.trunk.attn_pool``,
+``text.transformer.resblocks.7``), the names ``model.get_submodule`` accepts.
 """
 
 from __future__ import annotations

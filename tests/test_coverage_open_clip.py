@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import math
 import warnings
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError
-from captum_gradeclip.adapters import image_tower, text_tower
+from captum_gradeclip.adapters import text_tower
 from captum_gradeclip.adapters.attention import AttentionAdapter, attention_adapter, register_attention_adapter
 from captum_gradeclip.layers import default_layers, describe_layers
 from openclip_zoo import EMBED, build, native_image_size, text_tokens
