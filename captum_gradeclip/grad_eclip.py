@@ -301,7 +301,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             for i, module in enumerate(self.attention_modules):
                 rec = records[str(i)]
                 handles.append(module.register_forward_pre_hook(pre_hook(rec), with_kwargs=True))
-                handles.append(module.register_forward_hook(out_hook(rec), with_kwargs=True))
+                handles.append(rec.adapter.output_module.register_forward_hook(out_hook(rec), with_kwargs=True))
             if fast is not None:
                 handles.append(fast[0].register_forward_pre_hook(block_hook(records["0"]), with_kwargs=True))
             with torch.no_grad():
@@ -383,7 +383,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             total = F.relu(sum(per_layer))
         total = total.transpose(0, 1) * layout.report_mask[:, None, :]  # (N, K, L)
         if layout.grid is None:
-            return total
+            return total if layout.positions is None else total[:, :, layout.positions]
         keep = layout.report_mask[0]
         h, w = layout.grid
         return total[:, :, keep].reshape(total.shape[0], total.shape[1], h, w)

@@ -14,7 +14,8 @@ from .attention import AttentionAdapter, attention_adapter, is_attention_module
 from .base import TokenLayout, Tower
 
 SUPPORTED_MODELS = (
-    "open_clip.CLIP (VisionTransformer image tower with class-token pooling, CLIP text tower)",
+    "open_clip CLIP, CustomTextCLIP and CoCa (image towers: VisionTransformer, ModifiedResNet, timm ViT/EVA/ViTamin; "
+    "text towers: transformer, TextTransformer, HFTextEncoder); see docs/models.md",
     "transformers.CLIPModel",
     "transformers.CLIPVisionModelWithProjection / CLIPTextModelWithProjection (one tower; the other side as "
     "precomputed embeddings)",
@@ -42,14 +43,45 @@ def _unsupported(model: nn.Module, side: str) -> UnsupportedModelError:
         f"supported models: {'; '.join(SUPPORTED_MODELS)}")
 
 
+def _open_clip_image_tower(model: nn.Module) -> Tower:
+    visual = getattr(model, "visual", None)
+    kind = type(visual).__name__
+    if kind == "VisionTransformer":
+        from .open_clip import OpenClipVisionTower
+        return OpenClipVisionTower(model, visual)
+    if kind == "ModifiedResNet":
+        from .open_clip import OpenClipResNetTower
+        return OpenClipResNetTower(model, visual)
+    if kind == "TimmModel":
+        from .timm import timm_image_tower
+        return timm_image_tower(model, visual)
+    raise UnsupportedModelError(
+        f"cannot explain the image tower {type(visual).__module__}.{kind} of {type(model).__name__}; supported "
+        "open_clip image towers: VisionTransformer, ModifiedResNet, TimmModel (ViT, EVA, ViTamin)")
+
+
+def _open_clip_text_tower(model: nn.Module) -> Tower:
+    if type(model).__name__ == "CLIP" and hasattr(model, "transformer"):
+        from .open_clip import OpenClipTextTower
+        return OpenClipTextTower(model)
+    text = getattr(model, "text", None)
+    kind = type(text).__name__
+    if kind == "TextTransformer":
+        from .open_clip import OpenClipTextTransformerTower
+        return OpenClipTextTransformerTower(model, text)
+    if kind == "HFTextEncoder":
+        from .open_clip_hf import OpenClipHFTextTower
+        return OpenClipHFTextTower(model, text)
+    raise UnsupportedModelError(
+        f"cannot explain the text tower {type(text).__module__}.{kind} of {type(model).__name__}; supported "
+        "open_clip text towers: the CLIP text transformer, TextTransformer, HFTextEncoder")
+
+
 def image_tower(model: nn.Module) -> Tower:
     """The image tower adapter of ``model``."""
     family = _family(model)
-    if family == "open_clip" and type(model).__name__ in ("CLIP", "CustomTextCLIP"):
-        visual = model.visual
-        if type(visual).__name__ == "VisionTransformer":
-            from .open_clip import OpenClipVisionTower
-            return OpenClipVisionTower(model, visual)
+    if family == "open_clip" and hasattr(model, "visual"):
+        return _open_clip_image_tower(model)
     if family == "hf":
         from .hf import hf_tower
         tower = hf_tower(model, "image")
@@ -61,9 +93,8 @@ def image_tower(model: nn.Module) -> Tower:
 def text_tower(model: nn.Module) -> Tower:
     """The text tower adapter of ``model``."""
     family = _family(model)
-    if family == "open_clip" and type(model).__name__ == "CLIP":
-        from .open_clip import OpenClipTextTower
-        return OpenClipTextTower(model)
+    if family == "open_clip" and type(model).__name__ in ("CLIP", "CustomTextCLIP", "CoCa"):
+        return _open_clip_text_tower(model)
     if family == "hf":
         from .hf import hf_tower
         tower = hf_tower(model, "text")

@@ -8,7 +8,9 @@ received in a forward pass, the questions Grad-ECLIP asks of it:
 - ``project(o)``: the map from the concatenated attention output ``o`` (``(..., C)``, before the output
   projection) to the module's output ``y``;
 - ``output_tensor(output)`` / ``replace_output(output, y)``: read and replace ``y`` in whatever structure
-  the module returns (a tensor, or a tuple such as ``(y, attention_weights)``).
+  the module returns (a tensor, or a tuple such as ``(y, attention_weights)``);
+- ``output_module``: the module whose output is ``y`` (the attention module itself, or a submodule such as the
+  output projection of an attention pooler whose own output comes after an MLP and pooling).
 
 Adapters never patch or re-run the module: they only read its parameters.
 """
@@ -47,6 +49,15 @@ class AttentionAdapter:
         self.module = module
         self.num_heads: int = 1
         self.scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
+
+    @property
+    def output_module(self) -> nn.Module:
+        """The module whose forward output is ``y = project(o)`` (hooked to read and probe ``y``).
+
+        When it is a submodule (such as an output projection), :meth:`project` must not call it as a module (use
+        its weights functionally): the hook on it would fire again.
+        """
+        return self.module
 
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
         raise NotImplementedError  # pragma: no cover - every registered adapter overrides it
@@ -199,17 +210,18 @@ SUPPORTED_ATTENTION = ("torch.nn.MultiheadAttention", "open_clip Attention",
                        "attention modules with q_proj/k_proj/v_proj/out_proj linears (HuggingFace)")
 
 
-def register_attention_adapter(predicate: Callable[[nn.Module], bool], adapter: Type[AttentionAdapter],
-                               description: str) -> None:
-    """Register an adapter for attention modules matching ``predicate`` (tried after the built-in ones).
+def register_attention_adapter(predicate: Callable[[nn.Module], bool], cls: Type[AttentionAdapter],
+                               description: Optional[str] = None) -> None:
+    """Teach Grad-ECLIP a new kind of attention module: ``cls`` adapts modules for which ``predicate`` is True.
 
-    Family modules (e.g. :mod:`captum_gradeclip.adapters.hf_attention`) call this at import time.
+    Adapters registered later are tried after the built-in ones; ``description`` is listed in error messages.
     """
-    global SUPPORTED_ATTENTION
-    if any(cls is adapter for _, cls in _REGISTRY):
+    if any(c is cls for _, c in _REGISTRY):
         return
-    _REGISTRY.append((predicate, adapter))
-    SUPPORTED_ATTENTION = SUPPORTED_ATTENTION + (description,)
+    _REGISTRY.append((predicate, cls))
+    if description:
+        global SUPPORTED_ATTENTION
+        SUPPORTED_ATTENTION = SUPPORTED_ATTENTION + (description,)
 
 
 def is_attention_module(module: nn.Module) -> bool:

@@ -34,6 +34,8 @@ class TokenLayout:
         query_mask: ``(N, Lq)`` for towers pooled by averaging (no pooling token): every masked position is a
             query and the per-query maps are summed (the pooling weight is already in the gradient). When
             given, ``query`` is ignored.
+        positions: ``(L_out,)`` key positions returned on the text side (None: all of them); lets a tower
+            drop positions that are not input tokens, such as the class token CoCa appends to the text.
     """
 
     query: Tensor
@@ -42,6 +44,7 @@ class TokenLayout:
     allowed: Optional[Tensor] = None
     grid: Optional[Tuple[int, int]] = None
     query_mask: Optional[Tensor] = None
+    positions: Optional[Tensor] = None
 
 
 class Tower:

@@ -1,27 +1,92 @@
-"""open_clip towers: VisionTransformer (class-token pooling) and the CLIP text transformer."""
+"""open_clip towers: native ``VisionTransformer`` (class-token, average and attentional pooling, custom blocks),
+``ModifiedResNet`` (the attention pool of the ResNet CLIPs), the text transformer of ``CLIP`` and the
+``TextTransformer`` of ``CustomTextCLIP`` / ``CoCa``.
+
+The models are never modified: image tokens are computed from the model's own modules (with positional
+embeddings interpolated into new tensors when the input grid differs from the model's), and the attention pool of
+``ModifiedResNet`` is evaluated by :class:`AttentionPool2dView`, a read-only view that calls the same
+``F.multi_head_attention_forward`` with the pool's own weights.
+"""
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .base import Tower, TokenLayout, causal_layout, check_images, check_tokens, cls_image_layout, \
-    interpolate_positions
+from .attention import QKV, AttentionAdapter, _heads, register_attention_adapter
+from .base import Tower, TokenLayout, check_images, check_tokens, interpolate_positions
 
 
 def _pair(x: Any) -> Tuple[int, int]:
     return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
 
 
-class OpenClipVisionTower(Tower):
-    """open_clip ``VisionTransformer`` pooled at the class token.
+# ----------------------------------------------------------------------------------------------------------
+# layouts shared by the image towers of this package
+# ----------------------------------------------------------------------------------------------------------
+def grid_layout(n: int, grid: Tuple[int, int], device: torch.device, *, prefix: int = 1, query: int = 0,
+                pooled_queries: Optional[Tensor] = None) -> TokenLayout:
+    """Image layout: keys are ``prefix`` special tokens followed by the ``h x w`` patch grid (row-major).
 
-    Images of any size are encoded by the model's own modules, with the positional embedding interpolated
-    on the fly (bicubic, class position kept) when the patch grid differs from the model's; the model's
-    parameters are never written. Patch dropout is not applied (inference).
+    Args:
+        n: batch size.
+        grid: ``(h, w)`` patch grid.
+        prefix: number of keys before the grid (class and register tokens, the mean token of a ResNet pool).
+        query: position of the pooling query on the module's query axis.
+        pooled_queries: ``(Lq,)`` boolean mask of the queries that are averaged into the embedding (average
+            pooling); replaces ``query``.
+    """
+    length = prefix + grid[0] * grid[1]
+    patches = torch.zeros(n, length, dtype=torch.bool, device=device)
+    patches[:, prefix:] = True
+    q = torch.full((n,), query, dtype=torch.long, device=device)
+    query_mask = None
+    if pooled_queries is not None:
+        query_mask = pooled_queries.to(device)[None, :].expand(n, -1).clone()
+    return TokenLayout(query=q, lam_mask=patches, report_mask=patches, allowed=None, grid=grid,
+                       query_mask=query_mask)
+
+
+class PoolerOnlyMixin:
+    """For towers pooled by an attention pooler: only the pooler has a pooling query, so only it is explained."""
+
+    pooler: Optional[nn.Module] = None
+    family: str = ""
+
+    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:  # type: ignore[override]
+        pooler = self.pooler
+        if pooler is not None:
+            allowed = {id(m) for m in pooler.modules()}
+            for layer in layers:
+                if isinstance(layer, nn.Module) and id(layer) not in allowed:
+                    raise UnsupportedModelError(
+                        f"{self.family} pools its image tokens with an attention pooler "
+                        f"({type(pooler).__name__}); Grad-ECLIP explains that pooler (its query attends to the "
+                        f"patches), not the transformer blocks before it: pass layer=None or the pooler, got "
+                        f"{type(layer).__name__}")
+        return super().resolve(layers)  # type: ignore[misc]
+
+
+# ----------------------------------------------------------------------------------------------------------
+# VisionTransformer
+# ----------------------------------------------------------------------------------------------------------
+class OpenClipVisionTower(PoolerOnlyMixin, Tower):
+    """open_clip ``VisionTransformer``.
+
+    - class-token pooling (``pool_type='tok'``): the query is the class token;
+    - average pooling (``pool_type='avg'``, the CLIPA models): every patch token is a query and the per-query maps
+      are summed (the averaging weight is in the gradient);
+    - attentional pooler (CoCa): the pooler's attention is explained by default, its query (the first learned
+      probe, or the single probe of ``attn_pool_contrastive``) attends to the class token and the patches.
+
+    Custom blocks (qk-norm, scaled cosine attention, head scale, inner norm, layer scale) and
+    ``final_ln_after_pool`` are supported. Images of any size are encoded by the model's own modules, with the
+    positional embedding interpolated on the fly (bicubic, class position kept) when the patch grid differs
+    from the model's; patch dropout is not applied (inference).
     """
 
     side = "image"
@@ -29,19 +94,47 @@ class OpenClipVisionTower(Tower):
     def __init__(self, model: nn.Module, visual: nn.Module) -> None:
         super().__init__(model, visual)
         v = visual
-        if getattr(v, "attn_pool", None) is not None:
-            raise UnsupportedModelError(
-                f"{type(model).__name__} pools its image tower with an attentional pooler; not supported yet")
-        if getattr(v, "pool_type", "tok") != "tok":
-            raise UnsupportedModelError(
-                f"open_clip VisionTransformer with pool_type={v.pool_type!r} is not supported yet; "
-                "supported: class-token pooling ('tok')")
         self.visual = v
+        self.family = f"open_clip {type(model).__name__} ({type(v).__name__})"
         self.patch = _pair(v.conv1.kernel_size)
         self.grid = _pair(v.grid_size)
+        self.pooler = None
+        self.pooled_queries: Optional[Tensor] = None  # queries of the pooler that are averaged
+        self.avg = False  # average of the patch tokens (no pooler)
+        attn_pool = getattr(v, "attn_pool", None)
+        contrastive = getattr(v, "attn_pool_contrastive", None)
+        if attn_pool is not None:
+            if contrastive is not None:
+                if getattr(v, "attn_pool_type", "") != "parallel":
+                    raise UnsupportedModelError(
+                        f"{self.family} with attentional_pool={v.attn_pool_type!r}: the contrastive pooler attends "
+                        "to the outputs of another pooler, not to image positions; supported: "
+                        "attentional_pool=True or 'parallel'")
+                self.pooler = contrastive
+            else:
+                self.pooler = attn_pool
+                if v.pool_type == "avg":
+                    n_queries = attn_pool.query.shape[0]
+                    self.pooled_queries = torch.arange(n_queries) >= 1
+                elif v.pool_type != "tok":
+                    raise UnsupportedModelError(
+                        f"{self.family} with an attentional pooler and pool_type={v.pool_type!r} returns every "
+                        "pooled query, not one embedding; supported: 'tok' or 'avg'")
+        elif v.pool_type == "avg":
+            self.avg = True
+        elif v.pool_type != "tok":
+            raise UnsupportedModelError(
+                f"{self.family} with pool_type={v.pool_type!r} returns tokens, not an embedding; supported: "
+                "'tok' (class token), 'avg' (average of the patch tokens) and attentional pooling")
 
     def blocks(self) -> List[nn.Module]:
-        return list(self.visual.transformer.resblocks)
+        blocks = list(self.visual.transformer.resblocks)
+        return blocks + [self.pooler] if self.pooler is not None else blocks
+
+    def attention_of(self, block: nn.Module) -> nn.Module:
+        if self.pooler is not None and block is self.pooler:
+            return self.pooler.attn
+        return super().attention_of(block)
 
     def validate(self, inputs: Any, *extra: Any) -> None:
         check_images(inputs, self.patch)
@@ -61,22 +154,33 @@ class OpenClipVisionTower(Tower):
         v = self.visual
         x = v.transformer(self.tokens(inputs))
         pooled, _ = v._pool(x)
+        if pooled.dim() == 3 and pooled.shape[1] == 1:  # the single query of attn_pool_contrastive
+            pooled = pooled[:, 0]
         return pooled @ v.proj if v.proj is not None else pooled
 
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])
-        return cls_image_layout(inputs.shape[0], grid, inputs.device)
+        n = inputs.shape[0]
+        if self.pooler is not None:
+            return grid_layout(n, grid, inputs.device, pooled_queries=self.pooled_queries)
+        if self.avg:  # average of the patch tokens, class token excluded
+            pooled = torch.arange(1 + grid[0] * grid[1], device=inputs.device) >= 1
+            return grid_layout(n, grid, inputs.device, pooled_queries=pooled)
+        return grid_layout(n, grid, inputs.device)
 
     def pooled_tail(self, attention: nn.Module) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
         v = self.visual
-        last = self.blocks()[-1]
+        if self.pooler is not None or self.avg:
+            return None
+        last = v.transformer.resblocks[-1]
         if attention is not getattr(last, "attn", None):
             return None
         if not hasattr(last, "ln_2") or not hasattr(last, "mlp"):
             return None
+        ln_attn = getattr(last, "ln_attn", nn.Identity())
 
         def tail(x_in: Tensor, y: Tensor) -> Tensor:
-            h = x_in + last.ls_1(y)
+            h = x_in + last.ls_1(ln_attn(y))
             h = h + last.ls_2(last.mlp(last.ln_2(h)))
             h = v.ln_post(h)
             return h @ v.proj if v.proj is not None else h
@@ -84,9 +188,214 @@ class OpenClipVisionTower(Tower):
         return tail
 
 
+# ----------------------------------------------------------------------------------------------------------
+# ModifiedResNet
+# ----------------------------------------------------------------------------------------------------------
+class AttentionPool2dView(nn.Module):
+    """A read-only view of open_clip's ``AttentionPool2d`` that works at any feature-map size.
+
+    ``forward(features)`` equals ``pool(features)`` at the model's own grid; at another grid the positional
+    embedding is interpolated into a new tensor (bicubic, mean-token row kept). Only the mean token's query is
+    evaluated (the pool returns only that row). The pool's parameters are read, never written.
+    """
+
+    def __init__(self, pool: nn.Module, grid: Tuple[int, int]) -> None:
+        super().__init__()
+        self.pool = pool
+        self.grid = grid
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """Tokens of a feature map ``(N, C, h, w)``: ``(N, 1 + h*w, C)``, the mean token then the grid, with
+        positional embeddings."""
+        p = self.pool
+        grid = (x.shape[-2], x.shape[-1])
+        x = x.flatten(2).transpose(1, 2)
+        x = torch.cat([x.mean(dim=1, keepdim=True), x], dim=1)
+        pos = interpolate_positions(p.positional_embedding, self.grid, grid)
+        return x + pos.to(x.dtype)[None]
+
+    def forward(self, x: Tensor) -> Tensor:
+        p = self.pool
+        t = self.tokens(x).transpose(0, 1)  # (L, N, C)
+        out, _ = F.multi_head_attention_forward(
+            query=t[:1], key=t, value=t, embed_dim_to_check=t.shape[-1], num_heads=p.num_heads,
+            q_proj_weight=p.q_proj.weight, k_proj_weight=p.k_proj.weight, v_proj_weight=p.v_proj.weight,
+            in_proj_weight=None, in_proj_bias=torch.cat([p.q_proj.bias, p.k_proj.bias, p.v_proj.bias]),
+            bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=p.c_proj.weight,
+            out_proj_bias=p.c_proj.bias, use_separate_proj_weight=True, training=self.pool.training,
+            need_weights=False)
+        return out[0]
+
+
+class AttentionPool2dAdapter(AttentionAdapter):
+    """The mean token of a ``ModifiedResNet`` attention pool attends to the feature-map positions.
+
+    The query axis has one position (the mean token); the key axis is the mean token followed by the grid.
+    """
+
+    def __init__(self, module: AttentionPool2dView) -> None:
+        super().__init__(module)
+        self.num_heads = module.pool.num_heads
+
+    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
+        view: AttentionPool2dView = self.module  # type: ignore[assignment]
+        p = view.pool
+        t = view.tokens(args[0] if args else kwargs["x"])
+        q = p.q_proj(t[:, :1])
+        k, v = p.k_proj(t), p.v_proj(t)
+        h = self.num_heads
+        return _heads(q, h), _heads(k, h), _heads(v, h)
+
+    def project(self, o: Tensor) -> Tensor:
+        return self.module.pool.c_proj(o)
+
+    def output_tensor(self, output: Any) -> Tensor:
+        return output[:, None, :]
+
+    def replace_output(self, output: Any, y: Tensor) -> Any:
+        return y[:, 0, :]
+
+
+register_attention_adapter(lambda m: isinstance(m, AttentionPool2dView), AttentionPool2dAdapter,
+                           "open_clip ModifiedResNet AttentionPool2d")
+
+
+def _resnet_grid(size: int) -> int:
+    """Feature-map side after the ``ModifiedResNet`` stem and the three strided stages (reduction 32)."""
+    s = (size + 1) // 2  # conv 3x3 stride 2 padding 1
+    for _ in range(4):  # stem average pool, then layer2..layer4 anti-aliased average pools
+        s //= 2
+    return s
+
+
+class OpenClipResNetTower(Tower):
+    """open_clip ``ModifiedResNet`` (RN50, RN101, RN50x4 ...): the attention pool is explained.
+
+    The pool's query is the mean of the feature map (with its positional embedding); the keys are that mean
+    token and the ``h x w`` positions; the map is returned on the ``h x w`` grid. Images of any size at least 32
+    pixels a side are accepted: the pool's positional embedding is interpolated on the fly (in a new tensor).
+    """
+
+    side = "image"
+
+    def __init__(self, model: nn.Module, visual: nn.Module) -> None:
+        super().__init__(model, visual)
+        self.visual = visual
+        pool = getattr(visual, "attnpool", None)
+        if pool is None or not hasattr(pool, "positional_embedding"):
+            raise UnsupportedModelError(
+                f"open_clip ModifiedResNet without its AttentionPool2d ({type(pool).__name__}) has no pooling "
+                "attention to explain")
+        side = int(round((pool.positional_embedding.shape[0] - 1) ** 0.5))
+        self.view = AttentionPool2dView(pool, (side, side))
+
+    def blocks(self) -> List[nn.Module]:
+        return [self.visual.attnpool]
+
+    def attention_of(self, block: nn.Module) -> nn.Module:
+        if block is self.visual.attnpool:
+            return self.view
+        raise UnsupportedModelError(
+            f"{type(block).__name__} is not the attention pool of this ModifiedResNet; Grad-ECLIP explains only "
+            "visual.attnpool (pass layer=None)")
+
+    def validate(self, inputs: Any, *extra: Any) -> None:
+        check_images(inputs, (32, 32))
+
+    def features(self, images: Tensor) -> Tensor:
+        v = self.visual
+        x = v.stem(images)
+        return v.layer4(v.layer3(v.layer2(v.layer1(x))))
+
+    def encode(self, inputs: Any, *extra: Any) -> Tensor:
+        return self.view(self.features(inputs))
+
+    def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
+        grid = (_resnet_grid(inputs.shape[-2]), _resnet_grid(inputs.shape[-1]))
+        return grid_layout(inputs.shape[0], grid, inputs.device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# text
+# ----------------------------------------------------------------------------------------------------------
+def _trailing_run(tokens: Tensor) -> Tensor:
+    """``(N, L)`` True on the run of ids equal to the last id at the end of each row (the padding)."""
+    same = tokens == tokens[:, -1:]
+    return same.flip(-1).int().cumprod(-1).flip(-1).bool()
+
+
+def word_mask(tokens: Tensor, pool_type: str, eos_id: Optional[int]) -> Tensor:
+    """Positions of the words (not start, end or padding tokens) of open_clip token ids.
+
+    - ``argmax`` (CLIP BPE): between the start token (position 0) and the end token (the largest id);
+    - ``eos``: before the first ``eos_id``; position 0 is a start token unless ``eos_id == 1`` (T5-style
+      sentencepiece vocabularies have no start token);
+    - ``last`` / ``first`` (SigLIP, CLIPA, bidirectional towers): before the padding, which is the run of ids
+      equal to the last id at the end of the row (a start or end token that the tokenizer puts before the
+      padding, such as CLIPA's ``[CLS]`` or SigLIP 2's EOS, counts as a word).
+    """
+    n, length = tokens.shape
+    pos = torch.arange(length, device=tokens.device)[None, :]
+    if pool_type == "argmax":
+        end = tokens.argmax(dim=-1, keepdim=True)
+        return (pos >= 1) & (pos < end)
+    if pool_type == "eos":
+        end = (tokens == eos_id).int().argmax(dim=-1, keepdim=True)
+        start = 0 if eos_id == 1 else 1
+        return (pos >= start) & (pos < end)
+    return ~_trailing_run(tokens)
+
+
+def text_query(tokens: Tensor, pool_type: str, eos_id: Optional[int]) -> Tensor:
+    """Pooling position ``(N,)`` of open_clip's ``text_global_pool``."""
+    n, length = tokens.shape
+    if pool_type == "argmax":
+        return tokens.argmax(dim=-1)
+    if pool_type == "eos":
+        return (tokens == eos_id).int().argmax(dim=-1)
+    if pool_type == "last":
+        return torch.full((n,), length - 1, dtype=torch.long, device=tokens.device)
+    return torch.zeros(n, dtype=torch.long, device=tokens.device)
+
+
+def text_layout(tokens: Tensor, query: Tensor, words: Tensor, key_valid: Optional[Tensor], causal: bool,
+                single_head: bool, length: Optional[int] = None) -> TokenLayout:
+    """Layout of a text tower whose keys are ``length`` positions (the tokens, then any appended token).
+
+    Args:
+        tokens: ``(N, L)`` ids.
+        query: ``(N,)`` pooling position on the key axis.
+        words: ``(N, L)`` word positions (reported).
+        key_valid: ``(N, length)`` keys that are not masked out (None: all).
+        causal: whether a causal mask applies.
+        single_head: the authors' normalisation of lam over every context position.
+        length: number of key positions (default ``L``).
+    """
+    n, l_in = tokens.shape
+    length = l_in if length is None else length
+    device = tokens.device
+    pos = torch.arange(length, device=device)
+    valid = torch.ones(n, length, dtype=torch.bool, device=device) if key_valid is None else key_valid
+    allowed = valid[:, None, :].expand(n, length, length)
+    if causal:
+        allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
+    attends = allowed[torch.arange(n, device=device), query]
+    # a query row with no key left (a padding row) would give NaN in a re-run; let such rows see themselves
+    allowed = allowed | (torch.eye(length, dtype=torch.bool, device=device)[None] & ~allowed.any(-1, keepdim=True))
+    report = torch.zeros(n, length, dtype=torch.bool, device=device)
+    report[:, :l_in] = words
+    report &= attends & (pos[None, :] != query[:, None])
+    lam_mask = torch.ones_like(attends) if single_head else attends
+    positions = None if length == l_in else torch.arange(l_in, device=device)
+    return TokenLayout(query=query, lam_mask=lam_mask, report_mask=report, allowed=allowed, positions=positions)
+
+
 class OpenClipTextTower(Tower):
-    """open_clip text transformer of ``CLIP`` (token embedding, causal blocks, ``ln_final``, projection),
-    pooled at the EOS token (``argmax`` of ids or the tokenizer's eos id)."""
+    """open_clip text transformer of ``CLIP`` (token embedding, blocks, ``ln_final``, projection).
+
+    Pooled at the EOS token (``argmax`` of the ids, or the tokenizer's ``eos`` id), the last token or the first
+    token (``text_pool_type``); causal or bidirectional (``no_causal_mask``).
+    """
 
     side = "text"
     default_depth = 8
@@ -95,10 +404,10 @@ class OpenClipTextTower(Tower):
         super().__init__(model, model.transformer)
         self.pool_type = getattr(model, "text_pool_type", "argmax")
         if self.pool_type not in ("argmax", "eos", "last", "first"):
-            raise UnsupportedModelError(f"open_clip text pooling {self.pool_type!r} is not supported")
+            raise UnsupportedModelError(
+                f"open_clip text pooling {self.pool_type!r} is not supported; supported: argmax, eos, last, first")
         self.eos_id = getattr(model, "text_eos_id", None)
         self.causal = getattr(model, "attn_mask", None) is not None
-        self.pad_id = getattr(model, "pad_id", 0)
 
     def blocks(self) -> List[nn.Module]:
         return list(self.model.transformer.resblocks)
@@ -114,20 +423,70 @@ class OpenClipTextTower(Tower):
         return self.model.encode_text(inputs)
 
     def query(self, tokens: Tensor) -> Tensor:
-        if self.pool_type == "argmax":
-            return tokens.argmax(dim=-1)
-        if self.pool_type == "eos":
-            return (tokens == self.eos_id).int().argmax(dim=-1)
-        if self.pool_type == "last":
-            return torch.full((tokens.shape[0],), tokens.shape[1] - 1, dtype=torch.long, device=tokens.device)
-        return torch.zeros(tokens.shape[0], dtype=torch.long, device=tokens.device)
+        return text_query(tokens, self.pool_type, self.eos_id)
 
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
-        query = self.query(inputs)
-        pos = torch.arange(inputs.shape[1], device=inputs.device)
-        # open_clip's CLIP text tower attends to padding positions (causal mask only); words are the
-        # positions between the start token and the query.
-        valid = torch.ones_like(inputs, dtype=torch.bool)
-        layout = causal_layout(inputs, query, valid, self.causal, single_head)
-        layout.report_mask &= (inputs != self.pad_id) | (pos[None] < query[:, None])
-        return layout
+        words = word_mask(inputs, self.pool_type, self.eos_id)
+        return text_layout(inputs, self.query(inputs), words, None, self.causal, single_head)
+
+
+class OpenClipTextTransformerTower(Tower):
+    """open_clip ``TextTransformer`` (``model.text`` of ``CustomTextCLIP`` and ``CoCa``).
+
+    Pooling: ``argmax`` / ``eos`` / ``last`` / ``first`` as in :class:`OpenClipTextTower`; with an appended class
+    token (CoCa, ``embed_cls``) the query is that token (the last position) and the map covers the input
+    positions only. Padding masks (``use_pad_mask`` of bidirectional towers, and the class-token mask of CoCa,
+    legacy or corrected) are reproduced exactly, so lam is normalised over the keys the query really sees.
+    """
+
+    side = "text"
+    default_depth = 8
+
+    def __init__(self, model: nn.Module, text: nn.Module) -> None:
+        super().__init__(model, text)
+        self.text = text
+        self.pool_type = text.pool_type
+        if text.cls_emb is None and self.pool_type not in ("argmax", "eos", "last", "first"):
+            raise UnsupportedModelError(
+                f"open_clip TextTransformer with pool_type={self.pool_type!r} returns tokens, not an embedding; "
+                "supported: argmax, eos, last, first, or an appended class token")
+        self.eos_id = getattr(text, "eos_id", None)
+        self.causal = text.attn_mask is not None
+        self.cls = text.cls_emb is not None
+        self.pad_mask = bool(getattr(text, "use_pad_mask", False)) or self.cls
+
+    def blocks(self) -> List[nn.Module]:
+        return list(self.text.transformer.resblocks)
+
+    def validate(self, inputs: Any, *extra: Any) -> None:
+        check_tokens(inputs)
+        t = self.text
+        room = t.num_pos - (1 if self.cls else 0)
+        if inputs.shape[1] > room or (self.causal and not self.pad_mask and inputs.shape[1] != room):
+            raise ValueError(f"token ids have length {inputs.shape[1]} but the text tower's context length is "
+                             f"{t.context_length}; tokenize with open_clip.get_tokenizer(...)")
+
+    def encode(self, inputs: Any, *extra: Any) -> Tensor:
+        out = self.text(inputs)
+        return out[0] if isinstance(out, tuple) else out
+
+    def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
+        t = self.text
+        n, length = inputs.shape
+        key_valid = None
+        if self.pad_mask:
+            valid = inputs != t.pad_id
+            if self.cls:
+                ones = valid.new_ones(n, 1)
+                valid = torch.cat([valid, ones] if getattr(t, "correct_cls_mask", False) else [ones, valid], 1)
+            key_valid = valid
+        if self.cls:
+            query = torch.full((n,), length, dtype=torch.long, device=inputs.device)
+            words = word_mask(inputs, self.pool_type if self.pool_type in ("argmax", "eos") else "argmax",
+                              self.eos_id)
+            return text_layout(inputs, query, words, key_valid, self.causal, single_head, length + 1)
+        words = word_mask(inputs, self.pool_type, self.eos_id)
+        if key_valid is not None:
+            words = words & key_valid
+        query = text_query(inputs, self.pool_type, self.eos_id)
+        return text_layout(inputs, query, words, key_valid, self.causal, single_head)
