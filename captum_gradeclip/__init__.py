@@ -5,7 +5,9 @@ from .adapters import SUPPORTED_MODELS, image_tower, text_tower
 from .baselines import (AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity, RawAttention, TokenGradCAM,
                         patch_feature_mask, pool_to_grid)
 from .errors import LayerNotExecutedError, UnsupportedModelError
+from .adapters.attention import register_attention_adapter
 from .grad_eclip import GradECLIP
+from .layers import default_layers, describe_layers
 from .scorers import ImageTextSimilarity, TextImageSimilarity
 from .viz import normalize_map, normalize_words
 
@@ -19,6 +21,9 @@ __all__ = [
     "RawAttention",
     "SUPPORTED_MODELS",
     "TokenGradCAM",
+    "default_layers",
+    "describe_layers",
+    "register_attention_adapter",
     "patch_feature_mask",
     "pool_to_grid",
     "ImageTextSimilarity",
