@@ -1,0 +1,70 @@
+"""The gradeclip command line, offline on the shipped shapes model."""
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from captum_gradeclip.cli import main
+
+
+@pytest.fixture()
+def scene_png(tmp_path):
+    from captum_gradeclip.data.shapes import generate_scenes
+    scene = generate_scenes(1, image_size=64, num_objects=2, seed=4)
+    arr = (scene.images[0].permute(1, 2, 0).numpy() * 255).astype("uint8")
+    path = tmp_path / "scene.png"
+    Image.fromarray(arr).resize((64, 96)).save(path)  # non-square on disk
+    return path
+
+
+def test_demo_writes_pictures_words_and_maps(tmp_path, capsys):
+    assert main(["demo", "--out", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "best match" in out
+    png, html, npz = tmp_path / "demo_maps.png", tmp_path / "demo_words.html", tmp_path / "demo_maps.npz"
+    assert png.stat().st_size > 1000 and "<html" in html.read_text().lower()
+    data = np.load(npz)
+    t = len(data["prompts"])
+    assert data["image_maps"].shape[0] == t and data["word_maps"].shape[0] == t
+    assert (data["image_maps"] >= 0).all() and np.isfinite(data["similarity"]).all()
+
+
+def test_explain_native_size_and_both_sides(scene_png, tmp_path, capsys):
+    out = tmp_path / "out"
+    rc = main(["explain", str(scene_png), "--demo", "--text", "a red circle", "--text", "a blue square",
+               "--out", str(out)])
+    assert rc == 0
+    data = np.load(out / "scene_maps.npz")
+    # native aspect ratio: 64x96 on disk -> shorter side 64, longer 96 -> (8, 12) patches of 8 px
+    assert data["image_maps"].shape == (2, 12, 8)
+    assert (out / "scene_maps.png").exists() and (out / "scene_words.html").exists()
+    assert "scene" in capsys.readouterr().out
+
+
+def test_explain_folder_model_size_image_only(scene_png, tmp_path):
+    out = tmp_path / "out"
+    assert main(["explain", str(scene_png.parent), "--demo", "--text", "a red circle", "--size", "model",
+                 "--explain", "image", "--out", str(out)]) == 0
+    data = np.load(out / "scene_maps.npz")
+    assert data["image_maps"].shape == (1, 8, 8) and "word_maps" not in data
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", "missing.png", "--demo", "--text", "a"], "image not found"),
+    (["explain", "{png}", "--demo", "--text", "  "], "empty prompt"),
+    (["explain", "{png}", "--demo"], "at least one prompt"),
+    (["explain", "{png}", "--model", "NoSuchModel", "--text", "a"], "unknown open_clip model"),
+    (["explain", "{png}", "--demo", "--text", "a", "--device", "cuda"], "CUDA"),
+    (["explain", "{bad}", "--demo", "--text", "a"], "cannot read image"),
+    (["explain", "{png}", "--demo", "--text", "a purple elephant"], "vocabulary"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, capsys):
+    import torch
+    if "cuda" in argv and torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    argv = [a.format(png=scene_png, bad=bad) for a in argv]
+    assert main(argv + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gradeclip: error:") and message.lower() in err[0].lower()
