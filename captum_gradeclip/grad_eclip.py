@@ -221,6 +221,15 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             warnings.warn(f"the {tower.side} tower is in training mode: dropout or patch dropout can make the maps "
                           "random; call model.eval() first (GradECLIP never changes the mode itself)",
                           stacklevel=3)
+        crop = None if self.single_head else tower.crop_length(inputs, *extra)
+        if crop is not None and crop < inputs.shape[1]:
+            # causal text: positions after the last query cannot change anything; explain the shorter sequence
+            # (exactly the same maps, a fraction of the cost) and pad the maps with zeros
+            full = inputs.shape[1]
+            extra = tuple(e[:, :crop] if isinstance(e, Tensor) and e.dim() == 2 and e.shape == inputs.shape else e
+                          for e in extra)
+            maps = self._attribute(inputs[:, :crop], extra or None, select)
+            return F.pad(maps, (0, full - crop))
         with torch.inference_mode(False):
             layout = tower.layout(inputs, *extra, single_head=self.single_head)
             fast = self._fast_tail() if len(self.attention_modules) == 1 else None

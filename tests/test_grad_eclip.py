@@ -254,7 +254,7 @@ def test_bad_inputs(oc_model, images, tokens):
     with pytest.raises(TypeError, match="integer"):
         tge.attribute(tokens.float(), target=0)
     with pytest.raises(ValueError, match="context length"):
-        tge.attribute(tokens[:, :5], target=0)
+        tge.attribute(torch.cat([tokens, tokens[:, :1]], dim=1), target=0)
     with pytest.raises(ValueError, match="targets"):
         ge.attribute_all(images, targets=[])
 
@@ -335,3 +335,19 @@ def test_fast_path_self_check_falls_back(oc_model, images, tokens, monkeypatch):
 
     monkeypatch.setattr(tower_cls, "pooled_tail", wrong_tail)
     torch.testing.assert_close(GradECLIP(scorer).attribute_all(images), good, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf"])
+def test_causal_text_crop_is_exact(kind, images, tokens, monkeypatch):
+    model = make_open_clip() if kind == "open_clip" else make_hf_clip()
+    mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
+    extra = None if kind == "open_clip" else mask
+    tge = GradECLIP(TextImageSimilarity(model, images))
+    cropped = tge.attribute_all(tokens, additional_forward_args=extra)
+    assert tge.tower.crop_length(tokens) == int(tokens.argmax(-1).max()) + 1
+    short = tokens[:, :9][:2]  # shorter ids are accepted by causal towers and give the same maps
+    torch.testing.assert_close(tge.attribute_all(short, additional_forward_args=None if extra is None
+                                                 else extra[:2, :9]), cropped[:2, :, :9], atol=1e-6, rtol=1e-5)
+    monkeypatch.setattr(type(tge.tower), "crop_length", lambda self, *a: None)
+    full = tge.attribute_all(tokens, additional_forward_args=extra)
+    torch.testing.assert_close(cropped, full, atol=1e-6, rtol=1e-5)

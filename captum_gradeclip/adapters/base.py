@@ -115,6 +115,12 @@ class Tower:
     def validate(self, inputs: Any, *extra: Any) -> None:
         """Raise a clear error for inputs of the wrong rank or dtype."""
 
+    def crop_length(self, inputs: Any, *extra: Any) -> Optional[int]:
+        """For causal text towers pooled at a query token: the length after which nothing can reach any query
+        (the last query position + 1), so Grad-ECLIP may explain ``inputs[:, :length]`` and pad the maps with
+        zeros. None where cropping would change the result (bidirectional towers, appended class tokens)."""
+        return None
+
     def pooled_tail(self, attention: nn.Module) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
         """Optional fast path (single pooling query only): for the attention module of the last block, a function that maps
         (the block's input row at the query, the attention output row at the query) to the embedding.

@@ -223,6 +223,9 @@ class HFCLIPTextTower(Tower):
         out = self.text(input_ids=inputs, attention_mask=mask)
         return self.projection(output_field(out, "pooler_output", 1))
 
+    def crop_length(self, inputs: Any, *extra: Any) -> Optional[int]:
+        return int(self.query(inputs).max()) + 1
+
     def query(self, ids: Tensor) -> Tensor:
         if self.legacy_eos and self.eos_id == 2:  # legacy configs: EOS is the largest id
             return ids.argmax(dim=-1)

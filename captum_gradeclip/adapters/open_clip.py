@@ -415,12 +415,30 @@ class OpenClipTextTower(Tower):
     def validate(self, inputs: Any, *extra: Any) -> None:
         check_tokens(inputs)
         ctx = self.model.positional_embedding.shape[0]
-        if inputs.shape[1] != ctx:
+        if inputs.shape[1] > ctx or (not self.causal and inputs.shape[1] != ctx):
             raise ValueError(f"token ids have length {inputs.shape[1]} but the text tower's context length is "
                              f"{ctx}; tokenize with open_clip.get_tokenizer(...) (it pads to the context)")
 
     def encode(self, inputs: Any, *extra: Any) -> Tensor:
-        return self.model.encode_text(inputs)
+        m = self.model
+        length = inputs.shape[1]
+        if length == m.positional_embedding.shape[0]:
+            return m.encode_text(inputs)
+        # a causal tower cropped after its last EOS: the first `length` positions are exactly those of the full
+        # context (later positions cannot reach them), so the model's own modules run on the shorter sequence
+        cast = m.transformer.get_cast_dtype()
+        x = m.token_embedding(inputs).to(cast) + m.positional_embedding[:length].to(cast)
+        x = m.ln_final(m.transformer(x, attn_mask=m.attn_mask[:length, :length]))
+        x = x[torch.arange(x.shape[0], device=x.device), self.query(inputs)]
+        proj = m.text_projection
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    def crop_length(self, inputs: Any, *extra: Any) -> Optional[int]:
+        if not self.causal or self.pool_type not in ("argmax", "eos"):
+            return None
+        return int(self.query(inputs).max()) + 1
 
     def query(self, tokens: Tensor) -> Tensor:
         return text_query(tokens, self.pool_type, self.eos_id)
