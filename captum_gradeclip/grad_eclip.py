@@ -382,8 +382,11 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, weight = self._queries(layout, n, q.shape[2], q.device)
                 rows = torch.arange(n, device=q.device)[:, None]
                 g = self._channel_weights(adapter, grads[i], q, k, v, pos, layout)  # (K, N, Q, C) float32
-                qf, kf, vf = full_width(q).float(), full_width(k).float(), full_width(v).float()
-                sim = F.cosine_similarity(qf[rows, pos][:, :, None, :], kf[:, None, :, :], dim=-1)  # (N, Q, L)
+                # float32 for the reductions; q only at the query rows
+                qf, kf, vf = full_width(q)[rows, pos].float(), full_width(k).float(), full_width(v).float()
+                eps = 1e-8
+                sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
+                                   kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i), (N, Q, L)
                 lam = _masked_minmax(sim, layout.lam_mask[:, None, :].expand_as(sim)) * weight[..., None]
                 per_layer.append(torch.einsum("knqc,nlc,nql->knl", g, vf, lam))
         if self.tower.side == "image":
