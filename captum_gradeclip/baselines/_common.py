@@ -10,7 +10,7 @@ recomputation is checked against the module's own output.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum._utils.common import _format_additional_forward_args
@@ -52,6 +52,15 @@ def as_module_list(layer: LayerSpec) -> Optional[List[nn.Module]]:
     return out
 
 
+def explained_blocks(forward_func: Any, method: str, layers: LayerSpec, last_only: bool = False) -> List[nn.Module]:
+    """The blocks given as ``layers``, or the scorer tower's default: every block (the last one with ``last_only``)."""
+    tower = scorer_tower(forward_func, method)
+    blocks = as_module_list(layers)
+    if blocks is None:
+        blocks = tower.blocks()[-1:] if last_only else tower.blocks()
+    return blocks
+
+
 def batch_first_of(tower: Tower, block: nn.Module) -> bool:
     """Whether the block's token tensors are (N, L, D) (True) or (L, N, D), read from its attention module."""
     return bool(getattr(attention_adapter(tower.attention_of(block)), "batch_first", True))
@@ -74,6 +83,16 @@ def selected_scores(scores: Tensor, cols: Tensor) -> Tensor:
     if scores.dim() != 2:
         raise ValueError(f"the scorer must return (N, T) similarities, got shape {tuple(scores.shape)}")
     return scores.gather(1, cols[:, None].to(scores.device))[:, 0]
+
+
+def probe_gradients(scores: Tensor, target: TargetType, probes: Sequence[Tensor]) -> List[Tensor]:
+    """Float32 gradients of each example's explained similarity w.r.t. the zero probes (zeros where unused)."""
+    chosen = selected_scores(scores, target_columns(scores, target))
+    if chosen.requires_grad:  # examples are independent: the sum gives per-example gradients
+        grads = torch.autograd.grad(chosen.sum(), list(probes), allow_unused=True)
+    else:  # pragma: no cover - every probed layer is upstream of the score
+        grads = (None,) * len(probes)
+    return [torch.zeros_like(p, dtype=torch.float32) if g is None else g.float() for p, g in zip(probes, grads)]
 
 
 # -------------------------------------------------------------------------------------------------------- hooks
@@ -131,19 +150,44 @@ class AttentionRecord:
     extra: Dict[str, Any] = field(default_factory=dict)
 
 
-def recording_hooks(modules: Sequence[nn.Module]) -> Tuple[List[AttentionRecord], List[Hook]]:
-    """Hooks that record the inputs and output of attention modules (nothing is changed)."""
+HookBody = Callable[[AttentionRecord, nn.Module, Tuple[Any, ...], Dict[str, Any], Any], Any]
+
+
+def record_io(rec: AttentionRecord, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+              output: Any) -> None:
+    """Hook body that records the inputs and the detached output of an attention module (nothing is changed)."""
+    rec.args, rec.kwargs = args, kwargs
+    rec.output = rec.adapter.output_tensor(output).detach()
+
+
+def attention_hooks(modules: Sequence[nn.Module], body: HookBody = record_io
+                    ) -> Tuple[List[AttentionRecord], List[Hook]]:
+    """Post hooks that count each module's runs and execution order, then return ``body(rec, module, ...)``."""
     records = [AttentionRecord(attention_adapter(m)) for m in modules]
     counter = [0]
 
     def make(rec: AttentionRecord) -> Callable:
-        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
-            rec.args, rec.kwargs, rec.runs = args, kwargs, rec.runs + 1
-            rec.output = rec.adapter.output_tensor(output).detach()
+        def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Any:
+            rec.runs += 1
             rec.order, counter[0] = counter[0], counter[0] + 1
+            return body(rec, module, args, kwargs, output)
         return hook
 
     return records, [(m, "post", make(r)) for m, r in zip(modules, records)]
+
+
+def attention_forward(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], modules: Sequence[nn.Module],
+                      body: HookBody = record_io) -> Tuple[Tensor, List[AttentionRecord]]:
+    """The scorer's output and the records of :func:`attention_hooks`; every module must run exactly once."""
+    records, hooks = attention_hooks(modules, body)
+    scores = run_hooked(forward_func, inputs, extra, hooks)
+    check_runs(modules, [r.runs for r in records])
+    return scores, records
+
+
+def last_layer_first(records: Sequence[AttentionRecord]) -> List[AttentionRecord]:
+    """The records in reverse execution order (last layer first)."""
+    return sorted(records, key=lambda r: r.order, reverse=True)
 
 
 # ------------------------------------------------------------------------------------------------- attention
@@ -198,6 +242,18 @@ def query_weights(layout: TokenLayout, n: int, length: int, device: torch.device
         w = layout.query_mask.float().to(device)
         return w / w.sum(dim=-1, keepdim=True).clamp_min(1.0)
     return torch.nn.functional.one_hot(layout.query.to(device), length).float()
+
+
+def query_row(layout: TokenLayout, matrices: Iterable[Tensor], residual: bool = False) -> Tensor:
+    """The query's row through ``(N, L, L)`` matrices, last first: ``row @ A`` (residual: ``row + row @ A``)."""
+    row: Optional[Tensor] = None
+    for a in matrices:
+        if row is None:
+            row = query_weights(layout, a.shape[0], a.shape[-1], a.device)
+        step = torch.einsum("nq,nqk->nk", row, a)
+        row = row + step if residual else step
+    assert row is not None
+    return row
 
 
 def live_rows(layout: TokenLayout, n: int, length: int) -> Tensor:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
@@ -10,10 +10,8 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..adapters.base import TokenLayout
-from ._common import AttentionRecord, LayerSpec, TokenAttribution, as_module_list, attention_probs, check_recomputed, \
-    check_runs, live_rows, output_from_probs, query_weights, run_hooked, scorer_tower, selected_scores, \
-    target_columns
-from ..adapters.attention import attention_adapter
+from ._common import AttentionRecord, LayerSpec, TokenAttribution, attention_forward, attention_probs, \
+    check_recomputed, explained_blocks, last_layer_first, live_rows, output_from_probs, probe_gradients, query_row
 
 
 class GradientWeightedAttention(TokenAttribution):
@@ -59,8 +57,7 @@ class GradientWeightedAttention(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layers: LayerSpec = None,
                  device_ids: Optional[List[int]] = None) -> None:
-        tower = scorer_tower(forward_func, type(self).__name__)
-        blocks = as_module_list(layers) or tower.blocks()
+        blocks = explained_blocks(forward_func, type(self).__name__, layers)
         super().__init__(forward_func, blocks, device_ids)
         self.attention_modules = self.tower.resolve(blocks)
 
@@ -84,48 +81,31 @@ class GradientWeightedAttention(TokenAttribution):
     def _forward(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout
                  ) -> Tuple[Tensor, List[AttentionRecord]]:
         """The scorer's output with A in the graph of every explained layer (records hold A and the probe)."""
-        records = [AttentionRecord(attention_adapter(m)) for m in self.attention_modules]
-        counter = [0]
+        def probed(rec: AttentionRecord, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+                   output: Any) -> Any:
+            adapter = rec.adapter
+            torch.set_grad_enabled(True)  # restored when run_hooked's no_grad() exits
+            y_old = adapter.output_tensor(output)
+            q, k, v = adapter.qkv(args, kwargs)
+            probs = attention_probs(adapter, q, k, layout.allowed)
+            probe = torch.zeros_like(probs, requires_grad=True)
+            y_new = output_from_probs(adapter, probs + probe, v).to(y_old.dtype)
+            rows = live_rows(layout, y_new.shape[0], y_new.shape[1]).to(y_new.device)
+            check_recomputed(y_new, y_old, rows, module)
+            rec.extra["probs"], rec.extra["probe"] = probs.detach(), probe
+            return adapter.replace_output(output, torch.where(rows[..., None], y_new, y_old.detach()))
 
-        def make(rec: AttentionRecord) -> Callable:
-            def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Any:
-                rec.runs += 1
-                rec.order, counter[0] = counter[0], counter[0] + 1
-                adapter = rec.adapter
-                torch.set_grad_enabled(True)  # restored when run_hooked's no_grad() exits
-                y_old = adapter.output_tensor(output)
-                q, k, v = adapter.qkv(args, kwargs)
-                probs = attention_probs(adapter, q, k, layout.allowed)
-                probe = torch.zeros_like(probs, requires_grad=True)
-                y_new = output_from_probs(adapter, probs + probe, v).to(y_old.dtype)
-                rows = live_rows(layout, y_new.shape[0], y_new.shape[1]).to(y_new.device)
-                check_recomputed(y_new, y_old, rows, module)
-                rec.extra["probs"], rec.extra["probe"] = probs.detach(), probe
-                return adapter.replace_output(output, torch.where(rows[..., None], y_new, y_old.detach()))
-            return hook
-
-        scores = run_hooked(self.forward_func, inputs, extra,
-                            [(m, "post", make(r)) for m, r in zip(self.attention_modules, records)])
-        check_runs(self.attention_modules, [r.runs for r in records])
-        return scores, records
+        return attention_forward(self.forward_func, inputs, extra, self.attention_modules, probed)
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:
         scores, records = self._forward(inputs, extra, layout)
-        cols = target_columns(scores, target)
-        chosen = selected_scores(scores, cols)  # examples are independent: the sum gives per-example gradients
-        probes = [r.extra["probe"] for r in records]
-        if chosen.requires_grad:
-            grads = torch.autograd.grad(chosen.sum(), probes, allow_unused=True)
-        else:  # pragma: no cover - every explained layer is upstream of the score
-            grads = (None,) * len(probes)
-        row: Optional[Tensor] = None
-        for i in sorted(range(len(records)), key=lambda j: records[j].order, reverse=True):  # last layer first
-            probs = records[i].extra["probs"].float()
-            g = torch.zeros_like(probs) if grads[i] is None else grads[i].float()
-            a = (g * probs).clamp(min=0).mean(dim=1)  # (N, L, L)
-            if row is None:
-                row = query_weights(layout, a.shape[0], a.shape[-1], a.device)
-            row = row + torch.einsum("nq,nqk->nk", row, a)
-        assert row is not None
-        return row
+        grads = probe_gradients(scores, target, [r.extra["probe"] for r in records])
+        for rec, grad in zip(records, grads):
+            rec.extra["grad"] = grad
+
+        def relevance() -> Iterator[Tensor]:
+            for rec in last_layer_first(records):
+                yield (rec.extra["grad"] * rec.extra["probs"].float()).clamp(min=0).mean(dim=1)  # (N, L, L)
+
+        return query_row(layout, relevance(), residual=True)

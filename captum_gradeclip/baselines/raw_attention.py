@@ -4,14 +4,13 @@ from __future__ import annotations
 
 from typing import Any, Callable, List, Optional, Tuple, Union
 
-import torch
 from captum._utils.typing import TargetType
 from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..adapters.base import TokenLayout
-from ._common import TokenAttribution, as_module_list, check_runs, query_weights, recorded_attention, \
-    recording_hooks, run_hooked, scorer_tower, target_columns
+from ._common import TokenAttribution, attention_forward, explained_blocks, query_row, recorded_attention, \
+    target_columns
 
 
 class RawAttention(TokenAttribution):
@@ -42,8 +41,7 @@ class RawAttention(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layer: Optional[nn.Module] = None,
                  device_ids: Optional[List[int]] = None) -> None:
-        tower = scorer_tower(forward_func, type(self).__name__)
-        blocks = as_module_list(layer) or tower.blocks()[-1:]
+        blocks = explained_blocks(forward_func, type(self).__name__, layer, last_only=True)
         if len(blocks) != 1:
             raise ValueError("RawAttention explains one layer; use AttentionRollout for several")
         super().__init__(forward_func, blocks, device_ids)
@@ -67,11 +65,7 @@ class RawAttention(TokenAttribution):
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:
-        records, hooks = recording_hooks(self.attention_modules)
-        scores = run_hooked(self.forward_func, inputs, extra, hooks)
-        check_runs(self.attention_modules, [r.runs for r in records])
+        scores, records = attention_forward(self.forward_func, inputs, extra, self.attention_modules)
         target_columns(scores, target, required=False)
         probs, _ = recorded_attention(records[0], layout)
-        n, length = probs.shape[0], probs.shape[-1]
-        w = query_weights(layout, n, length, probs.device)
-        return torch.einsum("nq,nqk->nk", w, probs.mean(dim=1))
+        return query_row(layout, [probs.mean(dim=1)])

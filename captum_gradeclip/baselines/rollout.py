@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
@@ -10,8 +10,8 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..adapters.base import TokenLayout
-from ._common import LayerSpec, TokenAttribution, as_module_list, check_runs, query_weights, recorded_attention, \
-    recording_hooks, run_hooked, scorer_tower, target_columns
+from ._common import LayerSpec, TokenAttribution, attention_forward, explained_blocks, last_layer_first, query_row, \
+    recorded_attention, target_columns
 
 
 class AttentionRollout(TokenAttribution):
@@ -46,8 +46,7 @@ class AttentionRollout(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layers: LayerSpec = None,
                  device_ids: Optional[List[int]] = None) -> None:
-        tower = scorer_tower(forward_func, type(self).__name__)
-        blocks = as_module_list(layers) or tower.blocks()
+        blocks = explained_blocks(forward_func, type(self).__name__, layers)
         super().__init__(forward_func, blocks, device_ids)
         self.attention_modules = self.tower.resolve(blocks)
 
@@ -69,18 +68,14 @@ class AttentionRollout(TokenAttribution):
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:
-        records, hooks = recording_hooks(self.attention_modules)
-        scores = run_hooked(self.forward_func, inputs, extra, hooks)
-        check_runs(self.attention_modules, [r.runs for r in records])
+        scores, records = attention_forward(self.forward_func, inputs, extra, self.attention_modules)
         target_columns(scores, target, required=False)
-        row: Optional[Tensor] = None
-        for rec in sorted(records, key=lambda r: r.order, reverse=True):  # last layer first
-            probs, _ = recorded_attention(rec, layout)
-            a = probs.mean(dim=1)
-            a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
-            a = a / a.sum(dim=-1, keepdim=True)
-            if row is None:
-                row = query_weights(layout, a.shape[0], a.shape[-1], a.device)
-            row = torch.einsum("nq,nqk->nk", row, a)
-        assert row is not None
-        return row
+
+        def normalized() -> Iterator[Tensor]:
+            for rec in last_layer_first(records):
+                probs, _ = recorded_attention(rec, layout)
+                a = probs.mean(dim=1)
+                a = a + torch.eye(a.shape[-1], dtype=a.dtype, device=a.device)
+                yield a / a.sum(dim=-1, keepdim=True)
+
+        return query_row(layout, normalized())

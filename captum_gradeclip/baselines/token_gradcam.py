@@ -11,8 +11,8 @@ from torch import Tensor, nn
 
 from ..adapters.attention import is_attention_module, attention_adapter
 from ..adapters.base import TokenLayout
-from ._common import TokenAttribution, as_module_list, batch_first_of, check_runs, \
-    first_tensor_position, run_hooked, scorer_tower, selected_scores, target_columns
+from ._common import TokenAttribution, batch_first_of, check_runs, explained_blocks, first_tensor_position, \
+    probe_gradients, run_hooked
 
 
 class TokenGradCAM(TokenAttribution):
@@ -49,8 +49,7 @@ class TokenGradCAM(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layer: Optional[nn.Module] = None,
                  device_ids: Optional[List[int]] = None, attribute_to_layer_input: Optional[bool] = None) -> None:
-        tower = scorer_tower(forward_func, type(self).__name__)
-        blocks = as_module_list(layer) or tower.blocks()[-1:]
+        blocks = explained_blocks(forward_func, type(self).__name__, layer, last_only=True)
         if len(blocks) != 1:
             raise ValueError("TokenGradCAM explains one layer")
         module = blocks[0]
@@ -117,13 +116,8 @@ class TokenGradCAM(TokenAttribution):
         hook = (self.module, "pre", pre_hook) if self.attribute_to_layer_input else (self.module, "post", post_hook)
         scores = run_hooked(self.forward_func, inputs, extra, [hook])
         check_runs([self.module], [seen["runs"]])
-        chosen = selected_scores(scores, target_columns(scores, target))
-        act, probe = seen["act"].float(), seen["probe"]
-        if chosen.requires_grad:
-            (grad,) = torch.autograd.grad(chosen.sum(), [probe], allow_unused=True)
-        else:  # pragma: no cover - the layer is upstream of the score
-            grad = None
-        grad = torch.zeros_like(act) if grad is None else grad.float()
+        (grad,) = probe_gradients(scores, target, [seen["probe"]])
+        act = seen["act"].float()
         explained = layout.report_mask.to(act.device).float()  # (N, L)
         weights = torch.einsum("nl,nlc->nc", explained, grad) / explained.sum(-1, keepdim=True).clamp_min(1.0)
         return torch.relu(torch.einsum("nc,nlc->nl", weights, act))

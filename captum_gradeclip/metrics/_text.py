@@ -307,11 +307,7 @@ def word_deletion_auc(
         >>> word_deletion_auc(scorer, ids, torch.tensor([[0.0, 0.5, 0.3, 0.2, 0.0, 0.0]]))
         tensor([2.3333])
     """
-    curve, lengths = _word_curve(
-        text_scorer, token_ids, word_maps, target, insertion=False,
-        **_word_kwargs(kwargs),
-    )  # fmt: skip
-    return auc(curve, lengths=lengths.to(curve.device))
+    return _word_auc(text_scorer, token_ids, word_maps, target, kwargs, insertion=False)
 
 
 def word_insertion_auc(
@@ -344,8 +340,20 @@ def word_insertion_auc(
         >>> word_insertion_auc(scorer, ids, torch.tensor([[0.0, 0.5, 0.3, 0.2, 0.0, 0.0]]))
         tensor([3.6667])
     """
+    return _word_auc(text_scorer, token_ids, word_maps, target, kwargs, insertion=True)
+
+
+def _word_auc(
+    text_scorer: Callable[..., Tensor],
+    token_ids: Tensor,
+    word_maps: Tensor,
+    target: MetricTarget,
+    kwargs: dict,
+    insertion: bool,
+) -> Tensor:
+    """Shared body of the word AUCs: per-example area under the deletion or insertion curve."""
     curve, lengths = _word_curve(
-        text_scorer, token_ids, word_maps, target, insertion=True,
+        text_scorer, token_ids, word_maps, target, insertion=insertion,
         **_word_kwargs(kwargs),
     )  # fmt: skip
     return auc(curve, lengths=lengths.to(curve.device))
