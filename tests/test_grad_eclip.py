@@ -351,3 +351,34 @@ def test_causal_text_crop_is_exact(kind, images, tokens, monkeypatch):
     monkeypatch.setattr(type(tge.tower), "crop_length", lambda self, *a: None)
     full = tge.attribute_all(tokens, additional_forward_args=extra)
     torch.testing.assert_close(cropped, full, atol=1e-6, rtol=1e-5)
+
+
+# ------------------------------------------------------------------------- the same guarantees on HF CLIP
+def test_hf_invariants_and_untouched_model(images, tokens):
+    model = make_hf_clip()
+    mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
+    state = {k: v.clone() for k, v in model.state_dict().items()}
+    for p in model.vision_model.parameters():
+        p.requires_grad_(False)
+    flags = {k: p.requires_grad for k, p in model.named_parameters()}
+    scorer = ImageTextSimilarity(model, {"input_ids": tokens, "attention_mask": mask})
+    ge = GradECLIP(scorer)
+    with torch.no_grad():
+        batch = ge.attribute(images, target=[2, 0])
+    single = torch.cat([ge.attribute(images[i:i + 1], target=t) for i, t in enumerate([2, 0])])
+    torch.testing.assert_close(batch, single, atol=1e-6, rtol=1e-5)
+    tge = GradECLIP(TextImageSimilarity(model, images), single_head=True)
+    batch = tge.attribute(tokens, target=[1, 0, 1], additional_forward_args=mask)
+    single = torch.cat([tge.attribute(tokens[i:i + 1], target=t, additional_forward_args=mask[i:i + 1])
+                        for i, t in enumerate([1, 0, 1])])
+    torch.testing.assert_close(batch, single, atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="out of range"):
+        ge.attribute(images, target=-4)
+    with pytest.raises(ValueError, match="not part of the image tower"):
+        GradECLIP(scorer, model.text_model.encoder.layers[-1])
+    with pytest.raises(ValueError, match="attention_mask"):
+        tge.attribute(tokens, target=0, additional_forward_args=mask[:, :3])
+    assert not model.training
+    assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
+    assert flags == {k: p.requires_grad for k, p in model.named_parameters()}
+    assert _hook_count(model) == 0
