@@ -13,6 +13,7 @@ EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
     ("explain_image_prompts.py", "image_prompts.png"),
     ("explain_caption_words.py", "caption_words.html"),
     ("compare_with_ig.py", "compare_with_ig.png"),
+    ("hf_clip.py", "hf_image_maps.png"),
 ])
 def test_example_runs_offline(script, output, tmp_path):
     run = subprocess.run([sys.executable, script, "--out", str(tmp_path)], cwd=EXAMPLES, capture_output=True,
