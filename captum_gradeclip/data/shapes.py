@@ -23,6 +23,7 @@ Examples:
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, fields
 from typing import Sequence
 
@@ -268,7 +269,7 @@ def _parse_num_objects(num_objects: int | tuple[int, int], max_cells: int) -> tu
     if hi > max_cells:
         raise ValueError(
             f"num_objects high={hi} exceeds the {max_cells} grid cells available "
-            f"(increase grid)"
+            f"(pass a larger grid, e.g. grid={math.isqrt(hi - 1) + 1})"
         )
     if hi > len(COLORS) * len(SHAPES):
         raise ValueError(f"num_objects high={hi} exceeds the number of classes {len(COLORS) * len(SHAPES)}")
@@ -283,14 +284,16 @@ def generate_scenes(
     seed: int = 0,
     device: str | torch.device = "cpu",
     template: str = DEFAULT_TEMPLATE,
-    grid: int = 3,
+    grid: int = 2,
     noise_std: float = 0.03,
     background: tuple[float, float] = (0.3, 0.6),
 ) -> ShapesBatch:
     """Generate ``n`` random scenes with exact masks and one caption per scene.
 
-    The canvas is divided into a ``grid x grid`` layout; each object gets its own
-    cell (so objects never overlap), a random radius in ``[0.28, 0.42]`` of the cell
+    The canvas is divided into a ``grid x grid`` layout (2x2 by default, so at
+    most 4 objects; pass ``grid=3`` for up to 9 smaller objects); each object gets
+    its own
+    cell (so objects never overlap), a random radius in ``[0.25, 0.38]`` of the cell
     size and a random centre inside the cell such that it stays inside it. Objects
     in one scene have pairwise distinct (colour, shape) combinations. The canvas is
     a random grey level with smooth blotches; objects are painted with the exact
@@ -307,7 +310,8 @@ def generate_scenes(
             so results do not depend on ``device``).
         device: Device of the returned tensors.
         template: Caption template with two ``{}`` fields (colour, shape).
-        grid: Grid size; at most ``grid ** 2`` objects fit.
+        grid: Grid size; at most ``grid ** 2`` objects fit. Object size scales
+            with ``image_size / grid`` (radius 8-12 px for the defaults).
         noise_std: Standard deviation of the pixel noise added at the end
             (``0`` keeps object pixels exactly at their palette colour).
         background: Range ``(low, high)`` of the canvas grey level.
@@ -328,16 +332,16 @@ def generate_scenes(
         >>> bool((b.masks[:, 1:] == False).all())
         True
     """
-    for name, v in (("n", n), ("image_size", image_size), ("grid", grid), ("seed", seed)):
+    for name, v in (("n", n), ("image_size", image_size), ("seed", seed)):
         if not isinstance(v, int) or isinstance(v, bool):
             raise TypeError(f"{name} must be an int, got {type(v).__name__}")
     if n < 1:
         raise ValueError(f"n must be >= 1, got {n}")
-    if grid < 1:
-        raise ValueError(f"grid must be >= 1, got {grid}")
+    if not isinstance(grid, int) or isinstance(grid, bool) or grid < 1:
+        raise ValueError(f"grid must be a positive int, got {grid!r}")
+    lo, hi = _parse_num_objects(num_objects, grid * grid)
     if image_size < 8 * grid:
         raise ValueError(f"image_size must be >= 8 * grid = {8 * grid}, got {image_size}")
-    lo, hi = _parse_num_objects(num_objects, grid * grid)
     if not noise_std >= 0:
         raise ValueError(f"noise_std must be >= 0, got {noise_std}")
     if not (0.0 <= background[0] <= background[1] <= 1.0):
@@ -361,8 +365,8 @@ def generate_scenes(
     shapes = cls % len(SHAPES)
 
     cell = image_size / grid
-    r = cell * (0.28 + 0.14 * torch.rand(n, M, generator=g))
-    slack = (cell / 2 - r - 1.0).clamp(min=0.0)  # keep a 1 px margin to the cell border
+    r = cell * (0.25 + 0.13 * torch.rand(n, M, generator=g))
+    slack = (cell / 2 - r - 1.5).clamp(min=0.0)  # keep a 1.5 px margin to the cell border
     jitter = (torch.rand(n, M, 2, generator=g) * 2 - 1) * slack[..., None]
     cx = (cells % grid).float() * cell + cell / 2 + jitter[..., 0]
     cy = torch.div(cells, grid, rounding_mode="floor").float() * cell + cell / 2 + jitter[..., 1]
