@@ -309,10 +309,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arch", choices=("open_clip", "hf", "both"), default="both")
     p.add_argument("--steps", type=int, default=1500)
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--warmup", type=int, default=100)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=50)
     p.add_argument("--weight-decay", type=float, default=0.1)
-    p.add_argument("--single-frac", type=float, default=0.25,
+    p.add_argument("--single-frac", type=float, default=0.5,
                    help="fraction of each batch that are single-object images")
     p.add_argument("--strict-infonce", action="store_true",
                    help="plain one-hot InfoNCE targets instead of multi-positive targets")
