@@ -24,7 +24,7 @@ and evaluated on held-out scenes:
 * ``multi_object_set_recall``: fraction of scenes whose top-``k`` class prompts
   (``k`` = number of objects) are exactly the classes present.
 
-Example (about 15 minutes per model on one CPU thread)::
+Example (about 20 minutes per model on one shared CPU thread)::
 
     PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch both --threads 1
 """
@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F
 
 from captum_gradeclip.data.shapes import COLORS, SHAPES, class_names, generate_scenes
-from captum_gradeclip.zoo.shapes_clip import build_model, shapes_clip_from_files
+from captum_gradeclip.zoo.shapes_clip import ShapesCLIP, build_model, shapes_clip_from_files
 from captum_gradeclip.zoo.tokenizer import ShapesTokenizer
 
 #: Caption templates sampled during training (evaluation uses "a {} {}").
@@ -164,11 +164,14 @@ def param_groups(model: torch.nn.Module, weight_decay: float):
             no_decay.append(p)
         else:
             decay.append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
 
 
 @torch.no_grad()
-def evaluate(clip, n: int = 1000) -> dict[str, float]:
+def evaluate(clip: ShapesCLIP, n: int = 1000) -> dict[str, float]:
     """Held-out zero-shot metrics of a loaded :class:`ShapesCLIP`."""
     single = generate_scenes(n, num_objects=1, seed=EVAL_SEED)
     logits = clip.classify(single.images)
@@ -198,17 +201,10 @@ def evaluate(clip, n: int = 1000) -> dict[str, float]:
     }
 
 
-class _Quick:
-    """Minimal stand-in for ShapesCLIP during training-time evaluation."""
-
-    def __init__(self, model, arch, tok):
-        from captum_gradeclip.zoo.shapes_clip import ShapesCLIP
-
-        self.clip = ShapesCLIP(model=model, tokenizer=tok, kind=arch, image_size=IMAGE_SIZE,
-                               mean=MEAN, std=STD, class_names=class_names(), config={})
-
-    def classify(self, images):
-        return self.clip.classify(images)
+def _wrap(model: torch.nn.Module, arch: str, tok: ShapesTokenizer) -> ShapesCLIP:
+    """Wrap a model being trained so that :func:`evaluate` can use it."""
+    return ShapesCLIP(model=model, tokenizer=tok, kind=arch, image_size=IMAGE_SIZE, mean=MEAN,
+                      std=STD, class_names=class_names(), config={})
 
 
 def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
@@ -251,9 +247,10 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
                    f"{time.time() - t0:.0f}s")
             if args.eval_every and (step + 1) % args.eval_every == 0:
                 model.eval()
-                m = evaluate(_Quick(model, arch, tok), n=256)
+                m = evaluate(_wrap(model, arch, tok), n=256)
                 model.train()
-                msg += f" single {m['single_object_acc']:.3f} multi {m['multi_object_target_vs_absent']:.3f}"
+                msg += (f" single {m['single_object_acc']:.3f}"
+                        f" multi {m['multi_object_target_vs_absent']:.3f}")
             print(msg, flush=True)
     train_s = time.time() - t0
     model.eval()
@@ -264,7 +261,8 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     from safetensors.torch import save_file
 
     dtype = torch.float16 if args.store_dtype == "float16" else torch.float32
-    save_file({k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}, str(wpath))
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(wpath))
     cfg: dict[str, Any] = {
         "kind": arch,
         "model_cfg": mcfg,

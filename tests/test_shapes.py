@@ -81,7 +81,8 @@ def test_mask_pixels_have_exact_colour_without_noise() -> None:
 def test_mask_mean_colour_with_noise(batch: ShapesBatch) -> None:
     palette = torch.tensor([PALETTE[c] for c in COLORS])
     i = torch.arange(len(batch))
-    mean = (batch.images * batch.target_mask[:, None]).sum((2, 3)) / batch.target_mask.sum((1, 2))[:, None]
+    tm = batch.target_mask
+    mean = (batch.images * tm[:, None]).sum((2, 3)) / tm.sum((1, 2))[:, None]
     expected = palette[batch.colors[i, batch.target]]
     assert (mean - expected).abs().max() < 0.05
 
@@ -90,7 +91,12 @@ def test_shape_geometry() -> None:
     b = generate_scenes(200, num_objects=1, seed=4, noise_std=0.0)
     area = b.masks[:, 0].sum((1, 2)).float()
     ratio = area / (b.radii[:, 0] ** 2)
-    expected = {"circle": 3.14, "square": 4 * 0.85**2, "triangle": 1.8 * 1.08, "cross": 4 * 0.72 - 0.72**2}
+    expected = {
+        "circle": 3.14,
+        "square": 4 * 0.85**2,
+        "triangle": 1.8 * 1.08,
+        "cross": 4 * 0.72 - 0.72**2,
+    }
     for s, name in enumerate(SHAPES):
         sel = b.shapes[:, 0] == s
         assert sel.any()

@@ -197,7 +197,8 @@ class ShapesBatch:
     def target_mask(self) -> torch.Tensor:
         """``(N, H, W)`` bool mask of the object named by each caption."""
         n = self.masks.shape[0]
-        return self.masks[torch.arange(n, device=self.masks.device), self.target.to(self.masks.device)]
+        dev = self.masks.device
+        return self.masks[torch.arange(n, device=dev), self.target.to(dev)]
 
     @property
     def class_ids(self) -> torch.Tensor:
@@ -220,7 +221,12 @@ class ShapesBatch:
 
 
 def _shape_masks(
-    xx: torch.Tensor, yy: torch.Tensor, cx: torch.Tensor, cy: torch.Tensor, r: torch.Tensor, kind: torch.Tensor
+    xx: torch.Tensor,
+    yy: torch.Tensor,
+    cx: torch.Tensor,
+    cy: torch.Tensor,
+    r: torch.Tensor,
+    kind: torch.Tensor,
 ) -> torch.Tensor:
     """Rasterise one shape per image.
 
@@ -272,7 +278,9 @@ def _parse_num_objects(num_objects: int | tuple[int, int], max_cells: int) -> tu
             f"(pass a larger grid, e.g. grid={math.isqrt(hi - 1) + 1})"
         )
     if hi > len(COLORS) * len(SHAPES):
-        raise ValueError(f"num_objects high={hi} exceeds the number of classes {len(COLORS) * len(SHAPES)}")
+        raise ValueError(
+            f"num_objects high={hi} exceeds the number of classes {len(COLORS) * len(SHAPES)}"
+        )
     return lo, hi
 
 
@@ -375,7 +383,9 @@ def generate_scenes(
     # Canvas: grey level + smooth blotches, all grey (no hue, so colours stay unambiguous).
     level = background[0] + (background[1] - background[0]) * torch.rand(n, 1, 1, 1, generator=g)
     coarse = torch.randn(n, 1, 4, 4, generator=g) * 0.06
-    blotch = torch.nn.functional.interpolate(coarse, size=(H, W), mode="bicubic", align_corners=False)
+    blotch = torch.nn.functional.interpolate(
+        coarse, size=(H, W), mode="bicubic", align_corners=False
+    )
     images = (level + blotch).expand(n, 3, H, W).clone()
 
     coords = torch.arange(H, dtype=torch.float32) + 0.5

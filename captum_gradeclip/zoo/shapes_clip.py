@@ -84,7 +84,9 @@ def build_model(kind: str, model_cfg: dict[str, Any]) -> torch.nn.Module:
     try:
         from transformers import CLIPConfig, CLIPModel
     except ImportError as e:  # pragma: no cover - depends on the environment
-        raise ImportError("the 'hf' shapes model needs transformers: pip install transformers") from e
+        raise ImportError(
+            "the 'hf' shapes model needs transformers: pip install transformers"
+        ) from e
     return CLIPModel(CLIPConfig(**model_cfg))
 
 
@@ -174,8 +176,9 @@ class ShapesCLIP:
                 f"expected {self.image_size}x{self.image_size} images, got "
                 f"{images01.shape[-2]}x{images01.shape[-1]}"
             )
-        mean = torch.tensor(self.mean, dtype=images01.dtype, device=images01.device).view(1, 3, 1, 1)
-        std = torch.tensor(self.std, dtype=images01.dtype, device=images01.device).view(1, 3, 1, 1)
+        kw = dict(dtype=images01.dtype, device=images01.device)
+        mean = torch.tensor(self.mean, **kw).view(1, 3, 1, 1)
+        std = torch.tensor(self.std, **kw).view(1, 3, 1, 1)
         return (images01 - mean) / std
 
     def tokenize(self, texts: str | Sequence[str]) -> torch.Tensor | dict[str, torch.Tensor]:
@@ -365,4 +368,6 @@ def load_shapes_clip(
         torch.Size([1, 128])
     """
     weights, config = weights_paths(kind)
-    return shapes_clip_from_files(weights, config, device=device, attn_implementation=attn_implementation)
+    return shapes_clip_from_files(
+        weights, config, device=device, attn_implementation=attn_implementation
+    )
