@@ -1,0 +1,343 @@
+"""Train the tiny shapes-world CLIPs shipped in ``captum_gradeclip/zoo/weights``.
+
+Each training batch is freshly generated (seeded): a mix of multi-object scenes
+(1-3 objects) and single-object images, each captioned with a random template
+naming one object ("a red circle", "a photo of a blue cross", ...). The loss is
+the symmetric CLIP InfoNCE loss; because the world has only 24 classes, a batch
+contains many duplicate captions and scenes that contain the object another
+caption names, so by default the contrastive targets are *multi-positive*: text
+``j`` counts as a positive of image ``i`` whenever image ``i`` contains the object
+that text ``j`` names (the targets of each row/column are normalised to sum to 1).
+``--strict-infonce`` falls back to the plain one-hot diagonal targets. The
+architectures are unmodified ``open_clip.CLIP`` / ``transformers.CLIPModel``.
+
+After training, weights are saved in fp16 (safetensors) together with a JSON
+config, reloaded through :func:`captum_gradeclip.zoo.shapes_clip_from_files`,
+and evaluated on held-out scenes:
+
+* ``single_object_acc``: zero-shot accuracy of single-object images against all
+  24 class prompts ``"a {colour} {shape}"``;
+* ``multi_object_target_vs_absent``: fraction of 2-3 object scenes whose target
+  caption scores higher than every caption of a class absent from the scene;
+* ``multi_object_pairwise``: mean fraction of absent-class captions beaten by the
+  target caption;
+* ``multi_object_set_recall``: fraction of scenes whose top-``k`` class prompts
+  (``k`` = number of objects) are exactly the classes present.
+
+Example (about 20 minutes per model on one shared CPU thread)::
+
+    PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch both --threads 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from captum_gradeclip.data.shapes import COLORS, SHAPES, class_names, generate_scenes
+from captum_gradeclip.zoo.shapes_clip import ShapesCLIP, build_model, shapes_clip_from_files
+from captum_gradeclip.zoo.tokenizer import ShapesTokenizer
+
+#: Caption templates sampled during training (evaluation uses "a {} {}").
+TRAIN_TEMPLATES = ("a {} {}", "the {} {}", "a photo of a {} {}", "an image of a {} {}", "{} {}")
+MEAN = (0.45, 0.45, 0.45)
+STD = (0.15, 0.15, 0.15)
+IMAGE_SIZE = 64
+PATCH_SIZE = 8
+CONTEXT_LENGTH = 8
+EVAL_SEED = 777_000  # held-out scenes; training seeds are (seed + 1) * 10_000_019 + step
+DEFAULT_OUT = Path(__file__).resolve().parents[1] / "captum_gradeclip" / "zoo" / "weights"
+
+
+def model_cfg(arch: str, tok: ShapesTokenizer, width: int, layers: int, text_width: int,
+              text_layers: int, embed_dim: int) -> dict[str, Any]:
+    """Architecture kwargs for :func:`captum_gradeclip.zoo.build_model`."""
+    heads = 4
+    if arch == "open_clip":
+        return {
+            "embed_dim": embed_dim,
+            "vision_cfg": {
+                "image_size": IMAGE_SIZE,
+                "patch_size": PATCH_SIZE,
+                "width": width,
+                "layers": layers,
+                "head_width": width // heads,
+            },
+            "text_cfg": {
+                "context_length": tok.context_length,
+                "vocab_size": tok.vocab_size,
+                "width": text_width,
+                "heads": heads,
+                "layers": text_layers,
+                "pad_id": tok.pad_id,
+                "eos_id": tok.eot_id,
+            },
+        }
+    return {
+        "projection_dim": embed_dim,
+        "text_config": {
+            "vocab_size": tok.vocab_size,
+            "hidden_size": text_width,
+            "intermediate_size": 4 * text_width,
+            "num_hidden_layers": text_layers,
+            "num_attention_heads": heads,
+            "max_position_embeddings": tok.context_length,
+            "pad_token_id": tok.pad_id,
+            "bos_token_id": tok.sot_id,
+            "eos_token_id": tok.eot_id,
+        },
+        "vision_config": {
+            "image_size": IMAGE_SIZE,
+            "patch_size": PATCH_SIZE,
+            "hidden_size": width,
+            "intermediate_size": 4 * width,
+            "num_hidden_layers": layers,
+            "num_attention_heads": heads,
+        },
+    }
+
+
+def make_batch(batch_size: int, single_frac: float, seed: int, tok: ShapesTokenizer):
+    """One training batch: normalised images, ids, per-image classes, caption classes."""
+    n_single = int(round(batch_size * single_frac))
+    n_multi = batch_size - n_single
+    parts = []
+    if n_multi:
+        parts.append(generate_scenes(n_multi, num_objects=(1, 3), seed=seed))
+    if n_single:
+        parts.append(generate_scenes(n_single, num_objects=1, seed=seed + 5_000_011))
+    images = torch.cat([p.images for p in parts])
+    present = torch.full((batch_size, 3), -1, dtype=torch.long)
+    row = 0
+    for p in parts:
+        present[row : row + len(p), : p.class_ids.shape[1]] = p.class_ids
+        row += len(p)
+    target_cls = torch.cat([p.target_class for p in parts])
+    g = torch.Generator().manual_seed(seed + 9_000_041)
+    tmpl = torch.randint(len(TRAIN_TEMPLATES), (batch_size,), generator=g).tolist()
+    caps = [
+        TRAIN_TEMPLATES[t].format(COLORS[c // len(SHAPES)], SHAPES[c % len(SHAPES)])
+        for t, c in zip(tmpl, target_cls.tolist())
+    ]
+    x = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return x, tok(caps), present, target_cls
+
+
+def forward_features(model: torch.nn.Module, arch: str, x: torch.Tensor, ids: torch.Tensor,
+                     tok: ShapesTokenizer):
+    """Unit-norm image and text features and the logit scale."""
+    if arch == "open_clip":
+        img, txt, scale = model(x, ids)
+        return img, txt, scale
+    out = model(input_ids=ids, pixel_values=x, attention_mask=(ids != tok.pad_id).long())
+    return out.image_embeds, out.text_embeds, model.logit_scale.exp()
+
+
+def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, present: torch.Tensor,
+              target_cls: torch.Tensor, strict: bool) -> torch.Tensor:
+    """Symmetric InfoNCE with (optionally) multi-positive targets."""
+    logits = scale * img @ txt.T
+    if strict:
+        labels = torch.arange(img.shape[0])
+        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
+    pos = (present[:, :, None] == target_cls[None, None, :]).any(1).float()  # (images, texts)
+    t_i = pos / pos.sum(1, keepdim=True)
+    t_t = pos.T / pos.T.sum(1, keepdim=True)
+    li = -(t_i * F.log_softmax(logits, dim=1)).sum(1).mean()
+    lt = -(t_t * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    return 0.5 * (li + lt)
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if p.ndim < 2 or "embedding" in name or "logit_scale" in name or "class_embedding" in name:
+            no_decay.append(p)
+        else:
+            decay.append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+@torch.no_grad()
+def evaluate(clip: ShapesCLIP, n: int = 1000) -> dict[str, float]:
+    """Held-out zero-shot metrics of a loaded :class:`ShapesCLIP`."""
+    single = generate_scenes(n, num_objects=1, seed=EVAL_SEED)
+    logits = clip.classify(single.images)
+    single_acc = (logits.argmax(1) == single.target_class).float().mean().item()
+
+    multi = generate_scenes(n, num_objects=(2, 3), seed=EVAL_SEED + 1)
+    logits = clip.classify(multi.images)  # (n, 24)
+    cls = multi.class_ids
+    present = torch.zeros_like(logits, dtype=torch.bool)
+    present.scatter_(1, cls.clamp(min=0), cls >= 0)
+    tgt = logits.gather(1, multi.target_class[:, None])
+    absent_logits = logits.masked_fill(present, float("-inf"))
+    beats_all = (tgt > absent_logits.max(1, keepdim=True).values).float().mean().item()
+    beaten = ((tgt > logits) & ~present).float().sum(1) / (~present).float().sum(1)
+    k = multi.num_objects
+    order = logits.argsort(1, descending=True)
+    ranks = torch.empty_like(order)
+    ranks.scatter_(1, order, torch.arange(logits.shape[1]).expand_as(order).contiguous())
+    set_ok = ((ranks < k[:, None]) == present).all(1).float().mean().item()
+    return {
+        "single_object_acc": round(single_acc, 4),
+        "multi_object_target_vs_absent": round(beats_all, 4),
+        "multi_object_pairwise": round(beaten.mean().item(), 4),
+        "multi_object_set_recall": round(set_ok, 4),
+        "eval_n": n,
+        "eval_seed": EVAL_SEED,
+    }
+
+
+def _wrap(model: torch.nn.Module, arch: str, tok: ShapesTokenizer) -> ShapesCLIP:
+    """Wrap a model being trained so that :func:`evaluate` can use it."""
+    return ShapesCLIP(model=model, tokenizer=tok, kind=arch, image_size=IMAGE_SIZE, mean=MEAN,
+                      std=STD, class_names=class_names(), config={})
+
+
+def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
+    torch.manual_seed(args.seed)
+    tok = ShapesTokenizer(context_length=CONTEXT_LENGTH)
+    mcfg = model_cfg(arch, tok, args.width, args.layers, args.text_width, args.text_layers,
+                     args.embed_dim)
+    model = build_model(arch, mcfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"[{arch}] {n_params / 1e6:.2f}M parameters", flush=True)
+    opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98),
+                            eps=1e-6)
+
+    def lr_at(step: int) -> float:
+        if step < args.warmup:
+            return args.lr * (step + 1) / args.warmup
+        prog = (step - args.warmup) / max(1, args.steps - args.warmup)
+        return args.lr * 0.5 * (1 + math.cos(math.pi * prog))
+
+    t0 = time.time()
+    model.train()
+    ema = None
+    for step in range(args.steps):
+        for gr in opt.param_groups:
+            gr["lr"] = lr_at(step)
+        x, ids, present, target_cls = make_batch(args.batch_size, args.single_frac,
+                                                 (args.seed + 1) * 10_000_019 + step, tok)
+        img, txt, scale = forward_features(model, arch, x, ids, tok)
+        loss = clip_loss(img, txt, scale, present, target_cls, args.strict_infonce)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        opt.step()
+        with torch.no_grad():
+            model.logit_scale.clamp_(0, math.log(100))
+        ema = loss.item() if ema is None else 0.95 * ema + 0.05 * loss.item()
+        if (step + 1) % args.log_every == 0 or step == 0:
+            msg = (f"[{arch}] step {step + 1}/{args.steps} loss {ema:.4f} "
+                   f"scale {model.logit_scale.exp().item():.1f} lr {lr_at(step):.2e} "
+                   f"{time.time() - t0:.0f}s")
+            if args.eval_every and (step + 1) % args.eval_every == 0:
+                model.eval()
+                m = evaluate(_wrap(model, arch, tok), n=256)
+                model.train()
+                msg += (f" single {m['single_object_acc']:.3f}"
+                        f" multi {m['multi_object_target_vs_absent']:.3f}")
+            print(msg, flush=True)
+    train_s = time.time() - t0
+    model.eval()
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    wpath, cpath = out / f"shapes_{arch}.safetensors", out / f"shapes_{arch}.json"
+    from safetensors.torch import save_file
+
+    dtype = torch.float16 if args.store_dtype == "float16" else torch.float32
+    state = {k: v.detach().to(dtype).contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(wpath))
+    cfg: dict[str, Any] = {
+        "kind": arch,
+        "model_cfg": mcfg,
+        "image_size": IMAGE_SIZE,
+        "patch_size": PATCH_SIZE,
+        "mean": list(MEAN),
+        "std": list(STD),
+        "tokenizer": tok.to_dict(),
+        "class_names": class_names(),
+        "prompt_template": "a {} {}",
+        "train_templates": list(TRAIN_TEMPLATES),
+        "stored_dtype": args.store_dtype,
+        "num_parameters": n_params,
+        "training": {
+            "command": command,
+            "seed": args.seed,
+            "steps": args.steps,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "warmup": args.warmup,
+            "weight_decay": args.weight_decay,
+            "single_frac": args.single_frac,
+            "loss": "strict InfoNCE" if args.strict_infonce else "multi-positive InfoNCE",
+            "threads": args.threads,
+            "train_seconds": round(train_s, 1),
+            "torch": torch.__version__,
+        },
+    }
+    cpath.write_text(json.dumps(cfg, indent=2) + "\n")
+    # Evaluate the model exactly as shipped (fp16 weights reloaded as fp32).
+    clip = shapes_clip_from_files(wpath, cpath)
+    metrics = evaluate(clip, n=args.eval_n)
+    cfg["metrics"] = metrics
+    cpath.write_text(json.dumps(cfg, indent=2) + "\n")
+    print(f"[{arch}] trained in {train_s:.0f}s; metrics {metrics}; wrote {wpath} "
+          f"({wpath.stat().st_size / 1e6:.2f} MB)", flush=True)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--arch", choices=("open_clip", "hf", "both"), default="both")
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=3e-4)
+    p.add_argument("--warmup", type=int, default=50)
+    p.add_argument("--weight-decay", type=float, default=0.1)
+    p.add_argument("--single-frac", type=float, default=0.5,
+                   help="fraction of each batch that are single-object images")
+    p.add_argument("--strict-infonce", action="store_true",
+                   help="plain one-hot InfoNCE targets instead of multi-positive targets")
+    p.add_argument("--width", type=int, default=128, help="vision width")
+    p.add_argument("--layers", type=int, default=4, help="vision layers")
+    p.add_argument("--text-width", type=int, default=128)
+    p.add_argument("--text-layers", type=int, default=4)
+    p.add_argument("--embed-dim", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--out", default=str(DEFAULT_OUT))
+    p.add_argument("--store-dtype", choices=("float16", "float32"), default="float16")
+    p.add_argument("--eval-n", type=int, default=1000)
+    p.add_argument("--eval-every", type=int, default=250, help="0 disables progress evaluation")
+    p.add_argument("--log-every", type=int, default=50)
+    args = p.parse_args(argv)
+    if not 0.0 <= args.single_frac <= 1.0:
+        p.error("--single-frac must be in [0, 1]")
+    if args.eval_every and args.eval_every % args.log_every:
+        p.error("--eval-every must be a multiple of --log-every")
+    torch.set_num_threads(args.threads)
+    command = "PYTHONPATH=. python benchmarks/train_shapes_clip.py " + " ".join(
+        shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
+    archs = ("open_clip", "hf") if args.arch == "both" else (args.arch,)
+    results = {a: train(a, args, command) for a in archs}
+    print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
