@@ -1,6 +1,6 @@
 """captum-gradeclip: Grad-ECLIP explanations for CLIP-style models as Captum attributions."""
 
-from . import metrics, viz
+from . import data, metrics, viz, zoo
 from .adapters import SUPPORTED_MODELS, image_tower, text_tower
 from .baselines import (AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity, RawAttention, TokenGradCAM,
                         patch_feature_mask, pool_to_grid)
@@ -35,5 +35,7 @@ __all__ = [
     "normalize_map",
     "normalize_words",
     "text_tower",
+    "data",
     "viz",
+    "zoo",
 ]
