@@ -36,6 +36,7 @@ def image_methods(clip, scorer) -> Dict[str, Method]:
     grid = lambda x: (x.shape[-2] // patch[0], x.shape[-1] // patch[1])  # noqa: E731
     ge_last = GradECLIP(scorer)
     ge_multi = GradECLIP(scorer, blocks[-3:])
+    ge_all = GradECLIP(scorer, blocks)
     ge_single = GradECLIP(scorer, single_head=True)
     ig = IntegratedGradients(scorer)
     gs = GradientShap(scorer)
@@ -44,6 +45,7 @@ def image_methods(clip, scorer) -> Dict[str, Method]:
     methods: Dict[str, Method] = {
         "Grad-ECLIP (last layer)": lambda x, t: ge_last.attribute(x, target=t),
         "Grad-ECLIP (last 3 layers)": lambda x, t: ge_multi.attribute(x, target=t),
+        f"Grad-ECLIP (all {len(blocks)} layers)": lambda x, t: ge_all.attribute(x, target=t),
         "Grad-ECLIP single_head (authors' code)": lambda x, t: ge_single.attribute(x, target=t),
         "Raw attention (last layer)": lambda x, t: RawAttention(scorer).attribute(x, target=t),
         "Attention rollout": lambda x, t: AttentionRollout(scorer).attribute(x, target=t),

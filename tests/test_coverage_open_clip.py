@@ -269,7 +269,12 @@ def test_register_attention_adapter() -> None:
         pass
 
     class ToyAdapter(AttentionAdapter):
-        pass
+        def qkv(self, args, kwargs):
+            x = args[0][:, None]
+            return x, x, x
+
+        def project(self, o):
+            return o
 
     register_attention_adapter(lambda m: isinstance(m, Toy), ToyAdapter, "toy attention")
     assert isinstance(attention_adapter(Toy()), ToyAdapter)

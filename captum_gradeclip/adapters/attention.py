@@ -17,6 +17,7 @@ Adapters never patch or re-run the module: they only read its parameters.
 
 from __future__ import annotations
 
+import abc
 import math
 from typing import Any, Callable, Dict, List, Optional, Tuple, Type
 
@@ -35,7 +36,7 @@ def _heads(x: Tensor, num_heads: int) -> Tensor:
     return x.reshape(n, length, num_heads, width // num_heads).transpose(1, 2)
 
 
-class AttentionAdapter:
+class AttentionAdapter(abc.ABC):
     """Base class: one explained attention module.
 
     Subclasses set :attr:`num_heads` and implement :meth:`qkv`, :meth:`project` and, where the module does
@@ -59,11 +60,13 @@ class AttentionAdapter:
         """
         return self.module
 
+    @abc.abstractmethod
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
-        raise NotImplementedError  # pragma: no cover - every registered adapter overrides it
+        """Queries, keys and values ``(N, H, L, d)`` from the arguments the module received."""
 
+    @abc.abstractmethod
     def project(self, o: Tensor) -> Tensor:
-        raise NotImplementedError  # pragma: no cover
+        """The module's output for attention output ``o`` (heads concatenated, before the output projection)."""
 
     def output_tensor(self, output: Any) -> Tensor:
         return output[0] if isinstance(output, tuple) else output

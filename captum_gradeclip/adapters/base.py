@@ -9,6 +9,7 @@ siblings; the attribution core only talks to this interface.
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass
 from typing import Any, Callable, List, Optional, Sequence, Tuple
 
@@ -47,7 +48,7 @@ class TokenLayout:
     positions: Optional[Tensor] = None
 
 
-class Tower:
+class Tower(abc.ABC):
     """One tower of a CLIP-style model, as seen by Grad-ECLIP.
 
     Subclasses implement :meth:`encode`, :meth:`blocks`, :meth:`layout` and set :attr:`side` and
@@ -63,14 +64,14 @@ class Tower:
         self.root = root
 
     # -- encoding ---------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def encode(self, inputs: Any, *extra: Any) -> Tensor:
         """Embeddings ``(N, E)`` (not normalised) of ``inputs``."""
-        raise NotImplementedError  # pragma: no cover - every tower overrides it
 
     # -- layers -----------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def blocks(self) -> List[nn.Module]:
         """The transformer blocks of the tower, first to last."""
-        raise NotImplementedError  # pragma: no cover
 
     def attention_of(self, block: nn.Module) -> nn.Module:
         """The self-attention module of ``block`` that Grad-ECLIP explains."""
@@ -108,9 +109,9 @@ class Tower:
         return out
 
     # -- tokens -----------------------------------------------------------------------------------------
+    @abc.abstractmethod
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         """Token bookkeeping for ``inputs``."""
-        raise NotImplementedError  # pragma: no cover
 
     def validate(self, inputs: Any, *extra: Any) -> None:
         """Raise a clear error for inputs of the wrong rank or dtype."""

@@ -19,6 +19,7 @@ from typing import Any, Dict, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..errors import UnsupportedModelError
 from .attention import QKV, AttentionAdapter, _heads, register_attention_adapter
 
 
@@ -44,7 +45,8 @@ class BertSelfAttentionAdapter(AttentionAdapter):
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
         m = self.module
         if kwargs.get("encoder_hidden_states") is not None:
-            raise NotImplementedError("cross-attention (encoder_hidden_states) is not explained by Grad-ECLIP")
+            raise UnsupportedModelError("cross-attention (encoder_hidden_states) is not explained by Grad-ECLIP: "
+                                        "explain a self-attention layer of the text or image tower")
         x = _hidden_states(args, kwargs)
         h = self.num_heads
         return _heads(m.query(x), h), _heads(m.key(x), h), _heads(m.value(x), h)

@@ -304,7 +304,8 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:
-        raise NotImplementedError  # pragma: no cover
+        """The method itself: ``(N, L)`` scores over the explained tower's tokens (each baseline defines it)."""
+        raise NotImplementedError(f"{type(self).__name__} must define _token_map")  # pragma: no cover
 
     def _shape(self, values: Tensor, layout: TokenLayout) -> Tensor:
         values = values.float() * layout.report_mask.to(values.device)
