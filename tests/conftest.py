@@ -38,6 +38,11 @@ def make_hf_clip(seed: int = 0, attn_implementation: str = "eager"):
     return CLIPModel(cfg).eval()
 
 
+def pooled(out):
+    """The embedding of a ``get_*_features`` result: a tensor in transformers 4.x, an output object in 5.x."""
+    return out if isinstance(out, torch.Tensor) else out.pooler_output
+
+
 def make_tokens(lengths=(6, 9, 12), seed: int = 1) -> torch.Tensor:
     """Token ids (N, CONTEXT): start 98, random words, EOT 99 at position length-1, then padding 0."""
     g = torch.Generator().manual_seed(seed)

@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
-from conftest import CONTEXT, make_hf_clip, make_open_clip
+from conftest import CONTEXT, make_hf_clip, make_open_clip, pooled
 
 import reference_baselines as ref
 from captum_gradeclip import ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity
@@ -39,8 +39,8 @@ class Case:
             if family == "open_clip":
                 tf, imf = model.encode_text(tokens), model.encode_image(images)
             else:
-                tf = model.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output
-                imf = model.get_image_features(pixel_values=images).pooler_output
+                tf = pooled(model.get_text_features(input_ids=tokens, attention_mask=mask))
+                imf = pooled(model.get_image_features(pixel_values=images))
         if side == "image":
             texts = tokens if family == "open_clip" else {"input_ids": tokens, "attention_mask": mask}
             self.scorer, self.x, self.extra = ImageTextSimilarity(model, texts), images, None

@@ -7,6 +7,7 @@ import math
 import os
 
 import pytest
+import transformers
 import torch
 import torch.nn.functional as F
 
@@ -49,15 +50,9 @@ def _clip_cfg():
 
 FAMILIES = {
     "clip": (_clip_cfg, T.CLIPModel, _CLIP_IDS, _CLIP_MASK, _CLIP_WORDS),
-    "metaclip2": (lambda: T.MetaClip2Config(text_config=dict(TEXT, eos_token_id=3, bos_token_id=4, pad_token_id=0),
-                                            vision_config=VISION, projection_dim=16),
-                  T.MetaClip2Model, _CLIP_IDS, _CLIP_MASK, _CLIP_WORDS),
     "siglip": (lambda: T.SiglipConfig(text_config=dict(TEXT, pad_token_id=1, eos_token_id=1, bos_token_id=None),
                                       vision_config=VISION),
                T.SiglipModel, _SIGLIP_IDS, None, _SIGLIP_WORDS),
-    "siglip2": (lambda: T.Siglip2Config(text_config=dict(TEXT, pad_token_id=0, eos_token_id=1, bos_token_id=2),
-                                        vision_config=dict(VISION, num_patches=9)),
-                T.Siglip2Model, _SIGLIP2_IDS, _SIGLIP2_MASK, _SIGLIP2_WORDS),
     "altclip": (lambda: T.AltCLIPConfig(text_config=dict(BERT_TEXT, project_dim=32, pad_token_id=1, bos_token_id=0,
                                                          eos_token_id=2), vision_config=VISION, projection_dim=16),
                 T.AltCLIPModel, _XLMR_IDS, _CLIP_MASK, _CLIP_WORDS),
@@ -69,6 +64,16 @@ FAMILIES = {
                                   vision_config=VISION, image_text_hidden_size=16),
              T.BlipForImageTextRetrieval, _BERT_IDS, _CLIP_MASK, _CLIP_WORDS),
 }
+if hasattr(T, "Siglip2Model"):  # newer transformers only
+    FAMILIES["siglip2"] = (
+        lambda: T.Siglip2Config(text_config=dict(TEXT, pad_token_id=0, eos_token_id=1, bos_token_id=2),
+                                vision_config=dict(VISION, num_patches=9)),
+        T.Siglip2Model, _SIGLIP2_IDS, _SIGLIP2_MASK, _SIGLIP2_WORDS)
+if hasattr(T, "MetaClip2Model"):  # transformers >= 4.56
+    FAMILIES["metaclip2"] = (
+        lambda: T.MetaClip2Config(text_config=dict(TEXT, eos_token_id=3, bos_token_id=4, pad_token_id=0),
+                                  vision_config=VISION, projection_dim=16),
+        T.MetaClip2Model, _CLIP_IDS, _CLIP_MASK, _CLIP_WORDS)
 SDPA = [f for f in FAMILIES if f != "blip"]  # BLIP's attention is eager only in transformers
 
 
@@ -142,7 +147,12 @@ def test_text_maps(family):
 
 @pytest.mark.parametrize("family", SDPA)
 def test_eager_equals_sdpa(family):
-    eager, sdpa = build(family, "eager"), build(family, "sdpa")
+    try:
+        eager, sdpa = build(family, "eager"), build(family, "sdpa")
+    except ValueError as err:  # older transformers: no SDPA for this architecture
+        if "does not support an attention implementation" in str(err):
+            pytest.skip(str(err).split(".")[0])
+        raise
     assert sdpa.config._attn_implementation == "sdpa"
     imgs = images(IMAGE, 80)
     maps = [GradECLIP(ImageTextSimilarity(m, text_inputs(family))).attribute(imgs, target=1) for m in (eager, sdpa)]
@@ -190,6 +200,8 @@ def test_clip_single_towers_with_precomputed_embeddings():
 
 # -- SigLIP 2 accepts ordinary images and the processor's patches ---------------------------------------------
 def test_siglip2_patches_equal_images():
+    if "siglip2" not in FAMILIES:
+        pytest.skip("this transformers version has no Siglip2Model")
     model = build("siglip2")
     imgs = images(IMAGE, 80)
     scorer = ImageTextSimilarity(model, text_inputs("siglip2"))
@@ -352,6 +364,8 @@ def test_bert_cls_text_matches_independent_computation(family):
 
 
 def test_blip_image_matches_independent_computation():
+    if int(transformers.__version__.split(".")[0]) < 5:
+        pytest.skip("the test's block-input hook follows the transformers 5 BLIP call signature")
     model = build("blip")
     imgs, t = images(IMAGE, 80), 0
     vm = model.vision_model

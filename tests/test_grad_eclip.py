@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens
+from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled
 
 import reference
 from captum_gradeclip import (GradECLIP, ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity,
@@ -96,7 +96,7 @@ def test_hf_image_matches_reference(hf_model, images, tokens):
     mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
     scorer = ImageTextSimilarity(hf_model, {"input_ids": tokens, "attention_mask": mask})
     with torch.no_grad():
-        tf = F.normalize(hf_model.get_text_features(input_ids=tokens, attention_mask=mask).pooler_output, dim=-1)
+        tf = F.normalize(pooled(hf_model.get_text_features(input_ids=tokens, attention_mask=mask)), dim=-1)
     for explained in ([1], [0, 1]):
         ge = GradECLIP(scorer, [hf_model.vision_model.encoder.layers[i] for i in explained])
         ours = ge.attribute(images, target=2)
@@ -108,7 +108,7 @@ def test_hf_text_matches_reference(hf_model, images, tokens):
     mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
     scorer = TextImageSimilarity(hf_model, images)
     with torch.no_grad():
-        imf = F.normalize(hf_model.get_image_features(pixel_values=images).pooler_output, dim=-1)
+        imf = F.normalize(pooled(hf_model.get_image_features(pixel_values=images)), dim=-1)
     ge = GradECLIP(scorer)
     ours = ge.attribute(tokens, target=1, additional_forward_args=mask)
     ref = reference.hf_clip_text(hf_model, tokens, mask, imf, 1, [0, 1, 2])

@@ -324,7 +324,11 @@ def shapes_clip_from_files(
     model = build_model(kind, cfg["model_cfg"])
     model.load_state_dict(_load_state_dict(weights), strict=True)
     if kind == "hf" and attn_implementation is not None:
-        model.set_attn_implementation(attn_implementation)
+        if hasattr(model, "set_attn_implementation"):  # transformers 5
+            model.set_attn_implementation(attn_implementation)
+        else:  # transformers 4.4x: the implementation is read from the config at every forward
+            for cfg_ in (model.config, model.config.text_config, model.config.vision_config):
+                cfg_._attn_implementation = attn_implementation
     elif kind != "hf" and attn_implementation is not None:
         raise ValueError("attn_implementation only applies to kind='hf'")
     model = model.float().to(device).eval()
