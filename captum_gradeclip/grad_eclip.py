@@ -278,8 +278,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 adapter = rec.adapter
                 y = adapter.output_tensor(output)
                 replaced = False
-                if self.single_head:
-                    q, k, v = adapter.qkv(args, kwargs)
+                if self.single_head:  # q, k, v from the attention module's own inputs (this hook may sit on a
+                    q, k, v = adapter.qkv(rec.args, rec.kwargs)  # submodule such as the output projection)
                     y = single_head_output(adapter, q, k, v, layout.allowed).to(y.dtype)
                     replaced = True
                 n, length = y.shape[0], y.shape[1]

@@ -708,3 +708,20 @@ def test_every_open_clip_config(name: str) -> None:
     tscorer = TextImageSimilarity(model, torch.randn(2, EMBED))
     maps = GradECLIP(tscorer).attribute(tokens, target=0)
     check_text_maps(maps, tokens, _expected_words(model, tokens))
+
+
+def test_single_head_on_a_one_head_map_head_equals_default() -> None:
+    """A MAP head turned into ONE head: re-running it as one head changes nothing. Its output is read at a
+    submodule (the output projection), so this checks that single_head takes q, k, v from the head's inputs."""
+    model = zoo("ViT-B-16-SigLIP")
+    pool = model.visual.trunk.attn_pool
+    if not isinstance(getattr(pool.q_norm, "weight", None), type(None)) or not isinstance(pool.q_norm, nn.Identity):
+        pytest.skip("this timm MAP head normalises q per head")
+    dim = pool.q.out_features
+    pool.num_heads, pool.head_dim, pool.scale = 1, dim, dim ** -0.5  # our own test model: now one head
+    images = torch.randn(2, 3, *native_image_size(model))
+    scorer = ImageTextSimilarity(model, torch.randn(3, EMBED))
+    a = GradECLIP(scorer).attribute_all(images)
+    b = GradECLIP(scorer, single_head=True).attribute_all(images)
+    torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+    assert a.abs().sum() > 0
