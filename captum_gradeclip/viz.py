@@ -186,29 +186,19 @@ def _image_to_float_hwc(image: ImageLike) -> np.ndarray:
         arr = np.repeat(arr[:, :, None], 3, axis=2)
     elif arr.ndim == 3:
         kind = "torch tensor (C, H, W)" if not channels_last else "numpy/PIL array (H, W, C)"
+        c = arr.shape[2] if channels_last else arr.shape[0]
+        if c not in (1, 3):
+            other = arr.shape[0] if channels_last else arr.shape[2]
+            hint = ""
+            if other == 3:
+                hint = (" It looks channels-first; numpy images must be channels-last (H, W, 3)." if channels_last
+                        else " It looks channels-last; torch images must be channels-first (3, H, W).")
+            raise ValueError(
+                f"image must have 3 channels (or 1 for greyscale); got {c} channels for a "
+                f"{kind} of shape {tuple(arr.shape)}.{hint}"
+            )
         if not channels_last:
-            c = arr.shape[0]
-            if c not in (1, 3):
-                hint = (
-                    " It looks channels-last; torch images must be channels-first (3, H, W)."
-                    if arr.shape[2] == 3 else ""
-                )
-                raise ValueError(
-                    f"image must have 3 channels (or 1 for greyscale); got {c} channels for a "
-                    f"{kind} of shape {tuple(arr.shape)}.{hint}"
-                )
             arr = np.transpose(arr, (1, 2, 0))
-        else:
-            c = arr.shape[2]
-            if c not in (1, 3):
-                hint = (
-                    " It looks channels-first; numpy images must be channels-last (H, W, 3)."
-                    if arr.shape[0] == 3 else ""
-                )
-                raise ValueError(
-                    f"image must have 3 channels (or 1 for greyscale); got {c} channels for a "
-                    f"{kind} of shape {tuple(arr.shape)}.{hint}"
-                )
         if arr.shape[2] == 1:
             arr = np.repeat(arr, 3, axis=2)
     else:

@@ -240,8 +240,8 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
         if hasattr(pe, "feat_ratio"):
             try:
                 return _pair(pe.feat_ratio(as_scalar=False))
-            except TypeError:
-                pass
+            except TypeError:  # older timm: feat_ratio() takes no argument; patch_size is the same thing there
+                return _pair(pe.patch_size)
         return _pair(pe.patch_size)
 
     def _resize_problem(self) -> Optional[str]:
