@@ -19,7 +19,7 @@ from .adapters.attention import AttentionAdapter, attention_adapter, attention_o
     single_head_output
 from .adapters.base import TokenLayout, Tower
 from .errors import LayerNotExecutedError
-from .targets import check_target, target_columns
+from .targets import check_target, index_tensor, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 
@@ -199,7 +199,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 raise ValueError(f"targets must be a non-empty sequence of ints, got {targets!r}")
             for c in cols:
                 check_target(scores, c)
-            index = torch.tensor([c % scores.shape[1] for c in cols], device=scores.device)
+            index = index_tensor([c % scores.shape[1] for c in cols], scores.device)
             return index[None, :].expand(scores.shape[0], -1)
 
         return self._attribute(x, additional_forward_args, select)
@@ -213,7 +213,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return inputs, False
 
     def _attribute(self, inputs: Tensor, additional_forward_args: Any,
-                   select: Callable[[Tensor], Tensor]) -> Tensor:
+                   select: Callable[[Tensor], Tensor], may_crop: bool = True) -> Tensor:
         extra = _format_additional_forward_args(additional_forward_args) or ()
         tower = self.tower
         tower.validate(inputs, *extra)
@@ -221,14 +221,14 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             warnings.warn(f"the {tower.side} tower is in training mode: dropout or patch dropout can make the maps "
                           "random; call model.eval() first (GradECLIP never changes the mode itself)",
                           stacklevel=3)
-        crop = None if self.single_head else tower.crop_length(inputs, *extra)
+        crop = None if self.single_head or not may_crop else tower.crop_length(inputs, *extra)
         if crop is not None and crop < inputs.shape[1]:
             # causal text: positions after the last query cannot change anything; explain the shorter sequence
             # (exactly the same maps, a fraction of the cost) and pad the maps with zeros
             full = inputs.shape[1]
             extra = tuple(e[:, :crop] if isinstance(e, Tensor) and e.dim() == 2 and e.shape == inputs.shape else e
                           for e in extra)
-            maps = self._attribute(inputs[:, :crop], extra or None, select)
+            maps = self._attribute(inputs[:, :crop], extra or None, select, may_crop=False)
             return F.pad(maps, (0, full - crop))
         with torch.inference_mode(False):
             layout = tower.layout(inputs, *extra, single_head=self.single_head)
@@ -396,8 +396,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         total = total.transpose(0, 1) * layout.report_mask[:, None, :]  # (N, K, L)
         if layout.grid is None:
             return total if layout.positions is None else total[:, :, layout.positions]
-        keep = layout.report_mask[0]
         h, w = layout.grid
+        # the h*w reported positions in order, found without a boolean index (which would sync with the device)
+        keep = torch.argsort((~layout.report_mask[0]).to(torch.uint8), stable=True)[:h * w]
         return total[:, :, keep].reshape(total.shape[0], total.shape[1], h, w)
 
     def _channel_weights(self, adapter: AttentionAdapter, dy: Tensor, q: Tensor, k: Tensor, v: Tensor,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Sequence
+
 import torch
 from captum._utils.typing import TargetType
 from torch import Tensor
@@ -40,14 +42,32 @@ def check_target(scores: Tensor, target: TargetType) -> None:
             raise ValueError(f"target {v!r} is out of range: the scorer has {t} columns (0..{t - 1})")
 
 
+def index_tensor(values: Sequence[int], device: torch.device) -> Tensor:
+    """A long tensor of host ints on ``device`` without blocking the host: a range or a constant is built on the
+    device itself, anything else is copied from pinned memory asynchronously (a plain host-to-GPU copy would
+    wait for the GPU's queue to drain)."""
+    values = [int(v) for v in values]
+    n = len(values)
+    if values == list(range(values[0], values[0] + n)):
+        return torch.arange(values[0], values[0] + n, dtype=torch.long, device=device)
+    if all(v == values[0] for v in values):
+        return torch.full((n,), values[0], dtype=torch.long, device=device)
+    host = torch.tensor(values, dtype=torch.long)
+    if device.type == "cuda":
+        return host.pin_memory().to(device, non_blocking=True)
+    return host.to(device)
+
+
 def target_columns(scores: Tensor, target: TargetType) -> Tensor:
     """The column explained for each example, ``(N,)`` long on ``scores``' device (validated first)."""
     check_target(scores, target)
     n, t = scores.shape[0], scores.shape[1]
     if target is None:
-        cols = torch.zeros(n, dtype=torch.long, device=scores.device)
-    elif isinstance(target, tuple):
-        cols = torch.full((n,), target[0], dtype=torch.long, device=scores.device)
-    else:
-        cols = torch.as_tensor(target, dtype=torch.long, device=scores.device).reshape(-1).expand(n)
-    return cols % t
+        return torch.zeros(n, dtype=torch.long, device=scores.device)
+    if isinstance(target, Tensor):
+        cols = target.to(device=scores.device, dtype=torch.long).reshape(-1).expand(n)
+        return cols % t
+    values = list(target) if isinstance(target, (tuple, list)) else [target]
+    if len(values) == 1:
+        values = values * n
+    return index_tensor([v % t for v in values], scores.device)

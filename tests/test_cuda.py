@@ -22,3 +22,30 @@ def test_cuda_maps_equal_cpu_maps(images, tokens):
     with torch.autocast("cuda", dtype=torch.bfloat16):
         low = GradECLIP(ImageTextSimilarity(model, tokens.cuda())).attribute_all(images.cuda())
     assert float((low.cpu() - cpu_img).abs().max() / cpu_img.abs().max()) < 0.03
+
+
+def test_cuda_at_most_one_sync_per_call(images, tokens):
+    """torch's own sync detector: one sync per call at most (the fast path's self-check, or the text crop)."""
+    import warnings
+
+    from conftest import make_open_clip, make_tokens
+    model = make_open_clip().cuda()
+    imgs, many = images.cuda(), make_tokens((5, 7, 9, 12, 6, 8), seed=3).cuda()
+    calls = {
+        "image fast path": lambda: GradECLIP(ImageTextSimilarity(model, many), chunk_size=2).attribute_all(imgs),
+        "image probe path": lambda: GradECLIP(ImageTextSimilarity(model, many), list(
+            model.visual.transformer.resblocks), chunk_size=2).attribute_all(imgs),
+        "text": lambda: GradECLIP(TextImageSimilarity(model, imgs), chunk_size=1).attribute_all(many),
+    }
+    for name, call in calls.items():
+        call()
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                call()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        syncs = [w for w in caught if "synchroniz" in str(w.message)]
+        assert len(syncs) <= 1, (name, [str(w.message) for w in syncs])

@@ -86,13 +86,14 @@ class HFSiglipVisionTower(Tower):
         grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])
         n = inputs.shape[0]
         keys = torch.ones(n, grid[0] * grid[1], dtype=torch.bool, device=inputs.device)
-        return self._probe_layout(keys, grid)
+        return self._probe_layout(keys, grid, padded=False)
 
     @staticmethod
-    def _probe_layout(keys: Tensor, grid: Tuple[int, int]) -> TokenLayout:
-        """One query (the probe, index 0 of the query axis) over the patch keys ``(N, P)``."""
+    def _probe_layout(keys: Tensor, grid: Tuple[int, int], padded: bool = True) -> TokenLayout:
+        """One query (the probe, index 0 of the query axis) over the patch keys ``(N, P)``; ``padded``: some keys
+        may be padding (decided from shapes, not values, so that no device sync is needed)."""
         n = keys.shape[0]
-        allowed = None if bool(keys.all()) else keys[:, None, :]  # (N, Lq=1, P)
+        allowed = keys[:, None, :] if padded else None  # (N, Lq=1, P)
         return TokenLayout(query=torch.zeros(n, dtype=torch.long, device=keys.device), lam_mask=keys,
                            report_mask=keys, allowed=allowed, grid=grid)
 
