@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .attention import QKV, AttentionAdapter, _heads, register_attention_adapter
-from .base import Tower, TokenLayout, check_images, check_tokens, interpolate_positions
+from .base import RowTail, Tower, TokenLayout, check_images, check_tokens, interpolate_positions, tail_blocks
 
 
 def _pair(x: Any) -> Tuple[int, int]:
@@ -446,6 +446,40 @@ class OpenClipTextTower(Tower):
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         words = word_mask(inputs, self.pool_type, self.eos_id)
         return text_layout(inputs, self.query(inputs), words, None, self.causal, single_head)
+
+    def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
+        m = self.model
+        if single_head or not self.causal or self.pool_type not in ("argmax", "eos") \
+                or not getattr(m.transformer, "batch_first", False):
+            return None
+        blocks = tail_blocks(self.blocks(), attentions, "attn")
+        if blocks is None or not all(_plain_block(b) for b in blocks):
+            return None
+        proj = m.text_projection
+
+        def pre(j: int, x: Tensor) -> Tensor:
+            return blocks[j].ln_1(x)
+
+        def post(j: int, x: Tensor, y: Tensor) -> Tensor:
+            b = blocks[j]
+            x = x + b.ls_1(getattr(b, "ln_attn", nn.Identity())(y))
+            return x + b.ls_2(b.mlp(b.ln_2(x)))
+
+        def head(x: Tensor) -> Tensor:
+            x = m.ln_final(x)
+            if proj is None:
+                return x
+            return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+        return RowTail([b.attn for b in blocks], blocks[0], pre, post, head)
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` self-attending with a plain ``nn.MultiheadAttention``."""
+    attn = getattr(block, "attn", None)
+    return type(block).__name__ == "ResidualAttentionBlock" and type(block).__module__.startswith("open_clip") \
+        and type(attn) is nn.MultiheadAttention and attn.bias_k is None and not attn.add_zero_attn \
+        and not hasattr(block, "ln_1_kv") and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))
 
 
 class OpenClipTextTransformerTower(Tower):
