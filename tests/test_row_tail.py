@@ -171,18 +171,22 @@ def test_row_tail_self_check_falls_back(kind, row_calls, monkeypatch):
     assert_maps_close(fallback, good)
 
 
-def _tiny_text_clip(**text):
+def _tiny_text_clip(cls=open_clip.CLIP, **text):
     torch.manual_seed(0)
     cfg = {**dict(context_length=CONTEXT, vocab_size=100, width=48, heads=3, layers=3), **text}
-    return open_clip.CLIP(embed_dim=EMBED, vision_cfg=dict(image_size=32, patch_size=8, width=48, layers=1, head_width=24),
-                          text_cfg=cfg).eval()
+    vision = dict(image_size=32, patch_size=8, width=48, layers=1, head_width=24)
+    return cls(embed_dim=EMBED, vision_cfg=vision, text_cfg=cfg).eval()
 
 
-@pytest.mark.parametrize("text", [dict(proj_bias=True), dict(proj_type="none", width=EMBED, heads=2),
-                                  dict(ls_init_value=0.5)], ids=["linear projection", "no projection",
-                                                                 "layer scale"])
-def test_row_tail_open_clip_variants(text, row_calls, monkeypatch):
-    mdl = _tiny_text_clip(**text)
+@pytest.mark.parametrize("cls, text", [(open_clip.CLIP, dict(proj_bias=True)),
+                                       (open_clip.CLIP, dict(proj_type="none", width=EMBED, heads=2)),
+                                       (open_clip.CLIP, dict(ls_init_value=0.5)),
+                                       (open_clip.CustomTextCLIP, dict()),
+                                       (open_clip.CustomTextCLIP, dict(pool_type="eos", eos_id=99))],
+                         ids=["linear projection", "no projection", "layer scale", "TextTransformer",
+                              "TextTransformer eos"])
+def test_row_tail_open_clip_variants(cls, text, row_calls, monkeypatch):
+    mdl = _tiny_text_clip(cls, **text)
     scorer = TextImageSimilarity(mdl, fixed_images())
     tokens = make_tokens()
     ours = GradECLIP(scorer, chunk_size=2).attribute_all(tokens)
@@ -196,8 +200,11 @@ def test_row_tail_declines_what_it_does_not_know(row_calls):
     assert tower.row_tail(attns) is not None
     assert tower.row_tail(attns, single_head=True) is None
     assert tower.row_tail([nn.MultiheadAttention(48, 3)]) is None  # not a block of the tower
-    for text in (dict(no_causal_mask=True), dict(pool_type="last"), dict(qk_norm=True)):  # custom blocks
-        t = TextImageSimilarity(_tiny_text_clip(**text), fixed_images()).tower
+    for cls, text in ((open_clip.CLIP, dict(no_causal_mask=True)), (open_clip.CLIP, dict(pool_type="last")),
+                      (open_clip.CLIP, dict(qk_norm=True)),  # custom blocks
+                      (open_clip.CustomTextCLIP, dict(embed_cls=True)),  # CoCa-style appended class token
+                      (open_clip.CustomTextCLIP, dict(no_causal_mask=True, pool_type="first"))):
+        t = TextImageSimilarity(_tiny_text_clip(cls, **text), fixed_images()).tower
         assert t.row_tail([t.attention_of(b) for b in t.blocks()]) is None, text
 
     class MyAttention(nn.MultiheadAttention):  # a custom attention class: its forward may do anything
