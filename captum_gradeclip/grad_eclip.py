@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from .adapters.attention import AttentionAdapter, attention_adapter, attention_output_at, full_width, \
     single_head_output
-from .adapters.base import TokenLayout, Tower
+from .adapters.base import RowTail, TokenLayout, Tower
 from .errors import LayerNotExecutedError
 from .targets import check_target, index_tensor, target_columns
 
@@ -35,6 +35,23 @@ class _Record:
     probe: Optional[Tensor] = None  # zero tensor added at the query row: its gradient is dS/dy_query
     y_query: Optional[Tensor] = None  # fast path: the output row at the query
     block_in: Optional[Tensor] = None  # fast path: the block's input row at the query
+    qkv: Optional[Tuple[Tensor, Tensor, Tensor]] = None  # row tail: q, k, v already computed (shared with _maps)
+
+
+@dataclass
+class _Fast:
+    """A fast path: no graph over the sequence; the gradients come from the query row's path after ``block``.
+
+    ``tail``: the pooled tail after the only explained layer (in the last block). ``row``: the row tail over every
+    block from ``block`` on; ``slots[j]`` is the index of the explained layer whose module is ``row.attentions[j]``
+    (None for blocks that are re-run but not explained).
+    """
+
+    block: nn.Module  # its input row at the query is recorded (in the record of explained layer `first`)
+    first: int
+    tail: Optional[Callable[[Tensor, Tensor], Tensor]] = None
+    row: Optional[RowTail] = None
+    slots: List[Optional[int]] = field(default_factory=list)
 
 
 def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
@@ -232,26 +249,37 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             return F.pad(maps, (0, full - crop))
         with torch.inference_mode(False):
             layout = tower.layout(inputs, *extra, single_head=self.single_head)
-            fast = self._fast_tail() if len(self.attention_modules) == 1 else None
+            fast = self._fast_path(layout)
             records = self._forward(inputs, extra, layout, fast)
             scores = records.pop("__scores__")
             if scores.dim() != 2:
                 raise ValueError(f"the scorer must return (N, T) similarities, got shape {tuple(scores.shape)}")
             columns = select(scores)  # (N, K)
-            grads = self._gradients(scores, columns, records, fast)
+            grads = self._gradients(scores, columns, records, fast, layout)
             if grads is None:  # the fast path did not reproduce the forward pass: differentiate the whole forward
                 records = self._forward(inputs, extra, layout, None)
                 scores = records.pop("__scores__")
-                grads = self._gradients(scores, columns, records, None)
+                grads = self._gradients(scores, columns, records, None, layout)
             return self._maps(records, grads, layout)
 
-    def _fast_tail(self) -> Optional[Tuple[nn.Module, Callable[[Tensor, Tensor], Tensor]]]:
-        module = self.attention_modules[0]
-        tail = self.tower.pooled_tail(module)
-        if tail is None:
+    def _fast_path(self, layout: TokenLayout) -> Optional[_Fast]:
+        """The pooled tail (one explained layer in the last block) or the row tail (causal towers), if any."""
+        modules = self.attention_modules
+        if len(modules) == 1:
+            tail = self.tower.pooled_tail(modules[0])
+            if tail is not None:
+                block = next(b for b in self.tower.blocks() if any(m is modules[0] for m in b.modules()))
+                return _Fast(block=block, first=0, tail=tail)
+        if self.single_head or layout.query_mask is not None:
             return None
-        block = next(b for b in self.tower.blocks() if any(m is module for m in b.modules()))
-        return block, tail
+        row = self.tower.row_tail(modules, single_head=self.single_head)
+        if row is None:
+            return None
+        index = {id(m): i for i, m in enumerate(modules)}
+        slots = [index.get(id(m)) for m in row.attentions]
+        if slots[0] is None or sum(s is not None for s in slots) != len(modules):
+            return None  # the tail must start at an explained layer and hold all of them
+        return _Fast(block=row.block, first=slots[0], row=row, slots=slots)
 
     @staticmethod
     def _queries(layout: TokenLayout, n: int, length: int, device: torch.device) -> Tuple[Tensor, Tensor]:
@@ -262,9 +290,15 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return pos, layout.query_mask.float()
 
     def _forward(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
-                 fast: Optional[Tuple[nn.Module, Callable]]) -> Dict[str, Any]:
-        """Run the scorer once with hooks on the explained layers; no graph before the first of them."""
+                 fast: Optional[_Fast]) -> Dict[str, Any]:
+        """Run the scorer once with hooks on the explained layers; no graph before the first of them (no graph
+        at all on a fast path). The row tail also records the inputs of the blocks it re-runs unexplained, as
+        ``records["row<j>"]``."""
         records: Dict[str, Any] = {str(i): _Record(attention_adapter(m)) for i, m in enumerate(self.attention_modules)}
+        if fast is not None and fast.row is not None:
+            for j, (module, slot) in enumerate(zip(fast.row.attentions, fast.slots)):
+                if slot is None:
+                    records[f"row{j}"] = _Record(attention_adapter(module))
         handles = []
 
         def pre_hook(rec: _Record) -> Callable:
@@ -312,7 +346,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 handles.append(module.register_forward_pre_hook(pre_hook(rec), with_kwargs=True))
                 handles.append(rec.adapter.output_module.register_forward_hook(out_hook(rec), with_kwargs=True))
             if fast is not None:
-                handles.append(fast[0].register_forward_pre_hook(block_hook(records["0"]), with_kwargs=True))
+                for j, module in enumerate(fast.row.attentions if fast.row is not None else []):
+                    if f"row{j}" in records:
+                        handles.append(module.register_forward_pre_hook(pre_hook(records[f"row{j}"]),
+                                                                        with_kwargs=True))
+                handles.append(fast.block.register_forward_pre_hook(block_hook(records[str(fast.first)]),
+                                                                    with_kwargs=True))
             with torch.no_grad():
                 scores = self.forward_func(inputs, *extra)
         finally:
@@ -343,21 +382,27 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return [g if g is not None else torch.zeros((k,) + tuple(t.shape), dtype=t.dtype, device=t.device)
                 for g, t in zip(grads, wrt)]
 
-    def _gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any],
-                   fast: Optional[Tuple[nn.Module, Callable]]) -> Optional[List[Tensor]]:
+    @staticmethod
+    def _reproduces(tail_scores: Tensor, scores: Tensor, device: torch.device) -> bool:
+        """Self-check of a fast path: the query's path must reproduce the forward's similarities (up to rounding)."""
+        tol = 1e-4 if tail_scores.dtype == torch.float32 and not _autocast_on(device) else 3e-2
+        return tail_scores.shape == scores.shape and \
+            torch.allclose(tail_scores.detach(), scores.detach().to(tail_scores.dtype), atol=tol)
+
+    def _gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: Optional[_Fast],
+                   layout: TokenLayout) -> Optional[List[Tensor]]:
         """dS/dy at the query rows for every explained layer: a list of (K, N, Q, D); None when the fast path
         fails its self-check."""
         k = columns.shape[1]
         recs = [records[str(i)] for i in range(len(self.attention_modules))]
+        if fast is not None and fast.row is not None:
+            return self._row_gradients(scores, columns, records, fast, layout)
         if fast is not None:
             rec = recs[0]
             with torch.enable_grad():
                 y = rec.y_query.clone().requires_grad_(True)
-                tail_scores = self.forward_func.score(fast[1](rec.block_in[:, 0], y[:, 0]))
-                # self-check: the query's path must reproduce the forward's similarities exactly (up to rounding)
-                tol = 1e-4 if tail_scores.dtype == torch.float32 and not _autocast_on(y.device) else 3e-2
-                if tail_scores.shape != scores.shape or \
-                        not torch.allclose(tail_scores.detach(), scores.detach().to(tail_scores.dtype), atol=tol):
+                tail_scores = self.forward_func.score(fast.tail(rec.block_in[:, 0], y[:, 0]))
+                if not self._reproduces(tail_scores, scores, y.device):
                     return None
                 chosen = tail_scores.gather(1, columns)
                 outs = [self._batched_grad(chosen[:, j:j + self.chunk_size], [y], True)[0]
@@ -371,13 +416,59 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                   for j in range(0, k, self.chunk_size)]
         return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(probes))]
 
+    def _row_gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: _Fast,
+                       layout: TokenLayout) -> Optional[List[Tensor]]:
+        """dS/dy from a graph over the query row only (causal towers): the row is re-run from the first explained
+        block to the embedding, attending to the recorded keys and values of the other rows, with a zero probe
+        at the output of every explained attention module."""
+        row = fast.row
+        assert row is not None
+        recs = [records[str(s)] if s is not None else records[f"row{j}"] for j, s in enumerate(fast.slots)]
+        first = recs[0]
+        x = first.block_in  # (N, 1, C)
+        n, device = x.shape[0], x.device
+        rows = torch.arange(n, device=device)
+        query = layout.query.reshape(n)
+        with torch.no_grad():
+            for rec in recs[1:]:  # keys and values of every row; the query row's own are recomputed below
+                rec.qkv = rec.adapter.qkv(rec.args, rec.kwargs)
+            length = recs[-1].qkv[1].shape[2] if len(recs) > 1 else 0
+            own = (query[:, None] == torch.arange(length, device=device))[:, None, :, None]  # (N, 1, L, 1)
+            allowed = None if layout.allowed is None else layout.allowed[rows, query][:, None, :]  # (N, 1, L)
+        probes: List[Optional[Tensor]] = [None] * len(self.attention_modules)
+        with torch.enable_grad():
+            for j, (rec, slot) in enumerate(zip(recs, fast.slots)):
+                if j == 0:
+                    y = first.y_query
+                else:
+                    adapter = rec.adapter
+                    q1, k1, v1 = adapter.row_qkv(row.pre(j, x))  # (N, H, 1, d)
+                    _, kk, vv = rec.qkv
+                    kk = torch.where(own, k1.to(kk.dtype), kk)
+                    vv = torch.where(own, v1.to(vv.dtype), vv)
+                    y = adapter.project(attention_output_at(adapter, q1, kk, vv, allowed))
+                if slot is not None:
+                    probe = torch.zeros_like(y, requires_grad=True)
+                    probes[slot] = probe
+                    y = y + probe
+                x = row.post(j, x, y)
+            tail_scores = self.forward_func.score(row.head(x[:, 0]))
+            if not self._reproduces(tail_scores, scores, device):
+                return None
+            chosen = tail_scores.gather(1, columns)
+            k = columns.shape[1]
+            wrt = [p for p in probes if p is not None]
+            chunks = [self._batched_grad(chosen[:, j:j + self.chunk_size], wrt, j + self.chunk_size < k)
+                      for j in range(0, k, self.chunk_size)]
+        return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(wrt))]
+
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
         per_layer = []
         for i in range(len(self.attention_modules)):
             rec: _Record = records[str(i)]
             adapter = rec.adapter
             with torch.no_grad():
-                q, k, v = adapter.qkv(rec.args, rec.kwargs)
+                q, k, v = rec.qkv if rec.qkv is not None else adapter.qkv(rec.args, rec.kwargs)
                 n = q.shape[0]
                 pos, weight = self._queries(layout, n, q.shape[2], q.device)
                 rows = torch.arange(n, device=q.device)[:, None]

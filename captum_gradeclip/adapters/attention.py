@@ -76,6 +76,11 @@ class AttentionAdapter(abc.ABC):
             return (y,) + tuple(output[1:])
         return y
 
+    def row_qkv(self, x: Tensor) -> QKV:
+        """Queries, keys and values ``(N, H, L, d)`` of a self-attention module whose input is ``x`` ``(N, L, C)``
+        (batch first, whatever layout the module itself uses); needed by :class:`~.base.RowTail`."""
+        raise NotImplementedError(f"{type(self).__name__} cannot recompute q, k, v from one input")
+
     def logits(self, q: Tensor, k: Tensor) -> Tensor:
         """Attention logits of the module (without mask), ``(N, H, Lq, Lk)``."""
         scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5
@@ -114,6 +119,10 @@ class MultiheadAttentionAdapter(AttentionAdapter):
         h = self.num_heads
         return _heads(q, h), _heads(k, h), _heads(v, h)
 
+    def row_qkv(self, x: Tensor) -> QKV:
+        x = self._bf(x)
+        return self.qkv((x, x, x), {})
+
     def project(self, o: Tensor) -> Tensor:
         proj = self.module.out_proj
         return F.linear(o, proj.weight.to(o.dtype), None if proj.bias is None else proj.bias.to(o.dtype))
@@ -147,6 +156,9 @@ class OpenClipAttentionAdapter(AttentionAdapter):
         else:
             q, k = m.ln_q(q), m.ln_k(k)
         return q, k, v
+
+    def row_qkv(self, x: Tensor) -> QKV:
+        return self.qkv((x,), {})
 
     def logits(self, q: Tensor, k: Tensor) -> Tensor:
         m = self.module
@@ -186,6 +198,9 @@ class QKVLinearAttentionAdapter(AttentionAdapter):
         k = getattr(m, self.k_name)(x)
         v = getattr(m, self.v_name)(x)
         return _heads(q, h), _heads(k, h), _heads(v, h)
+
+    def row_qkv(self, x: Tensor) -> QKV:
+        return self.qkv((x,), {})
 
     def project(self, o: Tensor) -> Tensor:
         return getattr(self.module, self.o_name)(o)

@@ -48,6 +48,44 @@ class TokenLayout:
     positions: Optional[Tensor] = None
 
 
+@dataclass
+class RowTail:
+    """The pooling query's path through the last blocks of a causal tower, one row at a time (see
+    :meth:`Tower.row_tail`).
+
+    Block ``j`` of the tail (``attentions[j]`` is its attention module) maps its input rows ``x`` ``(N, 1, C)`` at
+    the query to its output rows as ``post(j, x, y)``, where ``y`` is the attention module's output row computed
+    from ``pre(j, x)`` (the module's input rows; the query's own key and value come from them, every other key
+    and value from the module's recorded inputs). ``head`` maps the last block's output row to the embedding.
+
+    Attributes:
+        attentions: the attention module of every block from the first explained one to the last, in order; their
+            adapters implement :meth:`~captum_gradeclip.adapters.attention.AttentionAdapter.row_qkv`.
+        block: the first block of the tail (its input row at the query is recorded).
+        pre: ``pre(j, x) -> h``: the input ``(N, 1, C)`` of ``attentions[j]`` for the block's input rows ``x``.
+        post: ``post(j, x, y) -> x'``: block ``j``'s output rows for its input rows ``x`` and the attention
+            module's output rows ``y`` (as the adapter's ``output_tensor`` reads it).
+        head: ``head(x) -> e``: the embedding ``(N, E)`` of the last block's output rows ``x`` ``(N, C)``.
+    """
+
+    attentions: List[nn.Module]
+    block: nn.Module
+    pre: Callable[[int, Tensor], Tensor]
+    post: Callable[[int, Tensor, Tensor], Tensor]
+    head: Callable[[Tensor], Tensor]
+
+
+def tail_blocks(blocks: Sequence[nn.Module], attentions: Sequence[nn.Module], name: str
+                ) -> Optional[List[nn.Module]]:
+    """The blocks from the first one whose attention module (attribute ``name``) is one of ``attentions`` to the
+    last block; None when some module of ``attentions`` is not the ``name`` attribute of a block."""
+    wanted = {id(m) for m in attentions}
+    owners = [j for j, b in enumerate(blocks) if id(getattr(b, name, None)) in wanted]
+    if not owners or len(owners) != len(wanted):
+        return None
+    return list(blocks[min(owners):])
+
+
 class Tower(abc.ABC):
     """One tower of a CLIP-style model, as seen by Grad-ECLIP.
 
@@ -128,6 +166,19 @@ class Tower(abc.ABC):
 
         Towers that return a function let Grad-ECLIP differentiate only the query's path after the explained
         layer; None means "differentiate the whole forward".
+        """
+        return None
+
+    def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
+        """Optional fast path for causal towers pooled at one query token (the EOS token of CLIP text): the query
+        row's path from the first block of ``attentions`` (the explained attention modules) to the embedding.
+
+        In a causal tower the rows before the query never see it and the rows after it are never seen by it, so
+        the similarity's gradient at an explained layer's output flows through the query row only: Grad-ECLIP
+        re-runs that row through the blocks of the returned :class:`RowTail` (attending to the recorded keys and
+        values of the other rows) instead of differentiating the whole sequence. None (the default) means
+        "differentiate the whole forward"; towers return None for anything they do not recognise
+        (bidirectional attention, other pooling, unknown blocks or attention classes, ``single_head=True``).
         """
         return None
 

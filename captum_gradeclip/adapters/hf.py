@@ -16,13 +16,14 @@ transformers) raise a clear error for such images instead of silently mis-encodi
 from __future__ import annotations
 
 import inspect
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .base import Tower, TokenLayout, causal_layout, check_images, check_tokens, cls_image_layout
+from .base import RowTail, Tower, TokenLayout, causal_layout, check_images, check_tokens, cls_image_layout, \
+    tail_blocks
 
 
 # -- helpers shared by the HF towers ------------------------------------------------------------------------
@@ -235,6 +236,40 @@ class HFCLIPTextTower(Tower):
         mask = extra[0] if extra else None
         valid = torch.ones_like(inputs, dtype=torch.bool) if mask is None else mask.bool()
         return causal_layout(inputs, self.query(inputs), valid, True, single_head)
+
+    def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
+        norm = getattr(self.text, "final_layer_norm", None)
+        if single_head or not isinstance(norm, nn.Module):
+            return None
+        blocks = tail_blocks(self.blocks(), attentions, "self_attn")
+        if blocks is None or not all(_clip_encoder_layer(b) for b in blocks):
+            return None
+        proj = self.projection
+
+        def pre(j: int, x: Tensor) -> Tensor:
+            return blocks[j].layer_norm1(x)
+
+        def post(j: int, x: Tensor, y: Tensor) -> Tensor:
+            x = x + y
+            return x + blocks[j].mlp(blocks[j].layer_norm2(x))
+
+        def head(x: Tensor) -> Tensor:
+            return proj(norm(x))
+
+        return RowTail([b.self_attn for b in blocks], blocks[0], pre, post, head)
+
+
+#: HF encoder layers of the pre-LN CLIP layout (``layer_norm1``, ``self_attn``, ``layer_norm2``, ``mlp``)
+_CLIP_LAYERS = {"CLIPEncoderLayer": "CLIPAttention", "MetaClip2EncoderLayer": "MetaClip2Attention"}
+
+
+def _clip_encoder_layer(layer: nn.Module) -> bool:
+    """A transformers CLIP / MetaCLIP 2 encoder layer with its own attention class (not a user subclass)."""
+    attn = getattr(layer, "self_attn", None)
+    return type(layer).__module__.startswith("transformers") and attn is not None \
+        and _CLIP_LAYERS.get(type(layer).__name__) == type(attn).__name__ \
+        and type(attn).__module__.startswith("transformers") \
+        and all(isinstance(getattr(layer, n, None), nn.Module) for n in ("layer_norm1", "layer_norm2", "mlp"))
 
 
 class HFMetaClip2TextTower(HFCLIPTextTower):

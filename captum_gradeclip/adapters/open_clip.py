@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
 from .attention import QKV, AttentionAdapter, _heads, register_attention_adapter
-from .base import Tower, TokenLayout, check_images, check_tokens, interpolate_positions
+from .base import RowTail, Tower, TokenLayout, check_images, check_tokens, interpolate_positions, tail_blocks
 
 
 def _pair(x: Any) -> Tuple[int, int]:
@@ -447,6 +447,45 @@ class OpenClipTextTower(Tower):
         words = word_mask(inputs, self.pool_type, self.eos_id)
         return text_layout(inputs, self.query(inputs), words, None, self.causal, single_head)
 
+    def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
+        if single_head or not self.causal or self.pool_type not in ("argmax", "eos"):
+            return None
+        m = self.model
+        return _row_tail(self.blocks(), attentions, m.transformer, m.ln_final, m.text_projection)
+
+
+def _row_tail(blocks: List[nn.Module], attentions: Sequence[nn.Module], transformer: nn.Module, ln_final: nn.Module,
+              proj: Any) -> Optional[RowTail]:
+    """The row tail of an open_clip text transformer pooled at one token: blocks, then ``ln_final`` and the
+    projection (a Parameter, an ``nn.Linear`` or None)."""
+    tail = tail_blocks(blocks, attentions, "attn")
+    if tail is None or not getattr(transformer, "batch_first", False) or not all(_plain_block(b) for b in tail):
+        return None
+
+    def pre(j: int, x: Tensor) -> Tensor:
+        return tail[j].ln_1(x)
+
+    def post(j: int, x: Tensor, y: Tensor) -> Tensor:
+        b = tail[j]
+        x = x + b.ls_1(getattr(b, "ln_attn", nn.Identity())(y))
+        return x + b.ls_2(b.mlp(b.ln_2(x)))
+
+    def head(x: Tensor) -> Tensor:
+        x = ln_final(x)
+        if proj is None:
+            return x
+        return proj(x) if isinstance(proj, nn.Linear) else x @ proj
+
+    return RowTail([b.attn for b in tail], tail[0], pre, post, head)
+
+
+def _plain_block(block: nn.Module) -> bool:
+    """An open_clip ``ResidualAttentionBlock`` self-attending with a plain ``nn.MultiheadAttention``."""
+    attn = getattr(block, "attn", None)
+    return type(block).__name__ == "ResidualAttentionBlock" and type(block).__module__.startswith("open_clip") \
+        and type(attn) is nn.MultiheadAttention and attn.bias_k is None and not attn.add_zero_attn \
+        and not hasattr(block, "ln_1_kv") and all(hasattr(block, n) for n in ("ln_1", "ln_2", "mlp", "ls_1", "ls_2"))
+
 
 class OpenClipTextTransformerTower(Tower):
     """open_clip ``TextTransformer`` (``model.text`` of ``CustomTextCLIP`` and ``CoCa``).
@@ -508,3 +547,9 @@ class OpenClipTextTransformerTower(Tower):
             words = words & key_valid
         query = text_query(inputs, self.pool_type, self.eos_id)
         return text_layout(inputs, query, words, key_valid, self.causal, single_head)
+
+    def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
+        t = self.text
+        if single_head or not self.causal or self.cls or self.pad_mask or self.pool_type not in ("argmax", "eos"):
+            return None
+        return _row_tail(self.blocks(), attentions, t.transformer, t.ln_final, t.text_projection)
