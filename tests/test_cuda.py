@@ -24,8 +24,8 @@ def test_cuda_maps_equal_cpu_maps(images, tokens):
     assert float((low.cpu() - cpu_img).abs().max() / cpu_img.abs().max()) < 0.03
 
 
-def test_cuda_at_most_one_sync_per_call(images, tokens):
-    """torch's own sync detector: one sync per call at most (the fast path's self-check, or the text crop)."""
+def test_cuda_at_most_two_syncs_per_call(images, tokens):
+    """torch's own sync detector: at most the fast path's self-check and the text crop, once each per call."""
     import warnings
 
     from conftest import make_open_clip, make_tokens
@@ -48,4 +48,4 @@ def test_cuda_at_most_one_sync_per_call(images, tokens):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
-        assert len(syncs) <= 1, (name, [str(w.message) for w in syncs])
+        assert len(syncs) <= 2, (name, [str(w.message) for w in syncs])
