@@ -251,7 +251,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
         x = images[:n]
         for k in text_counts:
             scorer = ImageTextSimilarity(model, text_feats[:k])
-            ge = GradECLIP(scorer, chunk_size=args.chunk_size)
+            ge = GradECLIP(scorer, chunk_size=args.chunk_size or None)
             feats = text_feats_n[:k]
 
             def forward() -> torch.Tensor:
@@ -286,7 +286,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     fixed = F.normalize(image_feat, dim=-1)
     for c in ints(args.captions):
         tok = tokens[:c]
-        ge = GradECLIP(TextImageSimilarity(model, image_feat), chunk_size=args.chunk_size)
+        ge = GradECLIP(TextImageSimilarity(model, image_feat), chunk_size=args.chunk_size or None)
 
         def tforward() -> torch.Tensor:
             with torch.no_grad():
@@ -299,7 +299,7 @@ def run(args: argparse.Namespace) -> Dict[str, Any]:
     for mi in ints(args.caption_images):
         # the fixed side's values do not change the cost: random unit image embeddings
         feats_i = F.normalize(torch.randn(mi, text_feats.shape[-1], generator=g), dim=-1).to(dev)
-        ge = GradECLIP(TextImageSimilarity(model, feats_i), chunk_size=args.chunk_size)
+        ge = GradECLIP(TextImageSimilarity(model, feats_i), chunk_size=args.chunk_size or None)
         tok1 = tokens[:1]
 
         def tforward1() -> torch.Tensor:
@@ -401,7 +401,8 @@ def parse_args(argv: Optional[List[str]] = None) -> argparse.Namespace:
                    help="text side: numbers of images against one caption (0 skips)")
     p.add_argument("--repeats", type=int, default=3, help="timed calls per method (best is reported)")
     p.add_argument("--warmup", type=int, default=1, help="untimed calls per method before timing")
-    p.add_argument("--chunk-size", type=int, default=32, help="GradECLIP chunk_size (targets per batched backward)")
+    p.add_argument("--chunk-size", type=int, default=0,
+                   help="GradECLIP chunk_size (targets per batched backward); 0: automatic (the default)")
     p.add_argument("--loop-max-pairs", type=int, default=None,
                    help="pairs timed for the one-image-one-text loop (default: 256 CUDA, 2 CPU)")
     p.add_argument("--ig-steps", type=int, default=50)

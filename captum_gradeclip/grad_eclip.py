@@ -23,6 +23,10 @@ from .targets import check_target, index_tensor, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 
+# automatic chunk_size: targets per batched backward, and token rows (targets x rows each) per batched backward
+_AUTO_MAX_TARGETS = 32
+_AUTO_MAX_ROWS = 4096
+
 
 @dataclass
 class _Record:
@@ -32,6 +36,7 @@ class _Record:
     args: Tuple[Any, ...] = ()
     kwargs: Dict[str, Any] = field(default_factory=dict)
     runs: int = 0
+    rows: int = 0  # token rows of the module's output (N x L)
     probe: Optional[Tensor] = None  # zero tensor added at the query row: its gradient is dS/dy_query
     y_query: Optional[Tensor] = None  # fast path: the output row at the query
     block_in: Optional[Tensor] = None  # fast path: the block's input row at the query
@@ -111,7 +116,11 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             Default: None
         single_head (bool, optional): reproduce the authors' released code. Default: False
         chunk_size (int, optional): how many targets share one batched backward pass in
-            :meth:`attribute_all`. Default: 32
+            :meth:`attribute_all`. The memory of a batched backward grows with it: each target holds the
+            gradients of every token it back-propagates through. Default: None, automatic: up to 32 targets,
+            fewer where the backward runs over whole sequences (several explained layers, or towers without a
+            fast path), so that one batched backward covers at most 4,096 token rows, about a forward pass of
+            20 ViT-B/16 images at 224 px
 
     Examples::
 
@@ -123,7 +132,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
     """
 
     def __init__(self, forward_func: Callable, layer: LayerSpec = None, device_ids: Optional[List[int]] = None,
-                 *, single_head: bool = False, chunk_size: int = 32) -> None:
+                 *, single_head: bool = False, chunk_size: Optional[int] = None) -> None:
         tower = getattr(forward_func, "tower", None)
         if not isinstance(tower, Tower) or not callable(getattr(forward_func, "score", None)):
             raise TypeError(
@@ -138,8 +147,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             blocks = list(layer)
         if not blocks:
             raise ValueError("layer must name at least one block or attention module")
-        if not isinstance(chunk_size, int) or chunk_size < 1:
-            raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+        if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
+                                       or chunk_size < 1):
+            raise ValueError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}")
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.tower: Tower = tower
@@ -317,6 +327,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     y = single_head_output(adapter, q, k, v, layout.allowed).to(y.dtype)
                     replaced = True
                 n, length = y.shape[0], y.shape[1]
+                rec.rows = n * length
                 pos, weight = self._queries(layout, n, length, y.device)
                 rows = torch.arange(n, device=y.device)[:, None]
                 if fast is not None:
@@ -367,6 +378,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         records["__scores__"] = scores
         return records
 
+    def _chunks(self, k: int, rows: int) -> List[slice]:
+        """Slices of the K targets that share one batched backward; ``rows``: token rows each target's backward
+        runs over (N for the fast paths, N x L for a backward over whole sequences)."""
+        size = self.chunk_size or max(1, min(_AUTO_MAX_TARGETS, _AUTO_MAX_ROWS // max(rows, 1)))
+        return [slice(j, min(j + size, k)) for j in range(0, k, size)]
+
     def _batched_grad(self, outputs: Tensor, wrt: List[Tensor], retain: bool) -> List[Tensor]:
         """Gradients of every column of ``outputs`` (N, K) w.r.t. ``wrt``: a list of (K, *t.shape)."""
         n, k = outputs.shape
@@ -405,15 +422,15 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 if not self._reproduces(tail_scores, scores, y.device):
                     return None
                 chosen = tail_scores.gather(1, columns)
-                outs = [self._batched_grad(chosen[:, j:j + self.chunk_size], [y], True)[0]
-                        for j in range(0, k, self.chunk_size)]
+                outs = [self._batched_grad(chosen[:, part], [y], True)[0]
+                        for part in self._chunks(k, y.shape[0] * y.shape[1])]
             return [torch.cat(outs, dim=0)]
         chosen = scores.gather(1, columns)
         probes = [r.probe for r in recs]
         if not chosen.requires_grad:
             return [torch.zeros((k,) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in probes]
-        chunks = [self._batched_grad(chosen[:, j:j + self.chunk_size], probes, j + self.chunk_size < k)
-                  for j in range(0, k, self.chunk_size)]
+        parts = self._chunks(k, max(r.rows for r in recs))
+        chunks = [self._batched_grad(chosen[:, part], probes, part.stop < k) for part in parts]
         return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(probes))]
 
     def _row_gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: _Fast,
@@ -458,8 +475,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             chosen = tail_scores.gather(1, columns)
             k = columns.shape[1]
             wrt = [p for p in probes if p is not None]
-            chunks = [self._batched_grad(chosen[:, j:j + self.chunk_size], wrt, j + self.chunk_size < k)
-                      for j in range(0, k, self.chunk_size)]
+            chunks = [self._batched_grad(chosen[:, part], wrt, part.stop < k) for part in self._chunks(k, n)]
         return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(wrt))]
 
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:

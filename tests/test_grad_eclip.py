@@ -163,6 +163,32 @@ def test_attribute_all_equals_stacked_attribute(oc_model, images, tokens):
                                torch.stack([tge.attribute(tokens, target=k) for k in range(2)], dim=1))
 
 
+def test_automatic_chunk_size_bounds_rows_and_keeps_maps(oc_model, images, monkeypatch):
+    """chunk_size=None: targets per batched backward follow the token rows; the maps do not depend on it."""
+    import captum_gradeclip.grad_eclip as core
+    from conftest import make_tokens
+    tokens = make_tokens((5, 7, 9, 12, 6, 8, 4), seed=5)
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    blocks = list(oc_model.visual.transformer.resblocks)
+    auto = GradECLIP(scorer, blocks)
+    assert auto.chunk_size is None
+    assert auto._chunks(7, 2 * 17) == [slice(0, 7)]  # 7 x 34 rows fit: one backward
+    monkeypatch.setattr(core, "_AUTO_MAX_ROWS", 3 * 34)  # 3 targets of 34 rows per backward
+    assert auto._chunks(7, 34) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert auto._chunks(2, 10 ** 6) == [slice(0, 1), slice(1, 2)]  # never fewer than one target
+    assert GradECLIP(scorer, blocks, chunk_size=4)._chunks(7, 10 ** 6) == [slice(0, 4), slice(4, 7)]
+    seen = []
+    batched = GradECLIP._batched_grad
+    monkeypatch.setattr(GradECLIP, "_batched_grad",
+                        lambda self, out, wrt, retain: seen.append(out.shape[1]) or batched(self, out, wrt, retain))
+    maps = auto.attribute_all(images)  # probe path: 2 images x 17 tokens per target
+    assert seen == [3, 3, 1]
+    torch.testing.assert_close(maps, GradECLIP(scorer, blocks, chunk_size=7).attribute_all(images),
+                               atol=1e-6, rtol=1e-5)
+    with pytest.raises(ValueError, match="chunk_size"):
+        GradECLIP(scorer, chunk_size=True)
+
+
 def test_batch_equals_one_at_a_time_with_per_example_targets(oc_model, images, tokens):
     scorer = ImageTextSimilarity(oc_model, tokens)
     ge = GradECLIP(scorer)
