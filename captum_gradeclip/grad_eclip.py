@@ -400,9 +400,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 for g, t in zip(grads, wrt)]
 
     @staticmethod
-    def _reproduces(tail_scores: Tensor, scores: Tensor, device: torch.device) -> bool:
-        """Self-check of a fast path: the query's path must reproduce the forward's similarities (up to rounding)."""
-        tol = 1e-4 if tail_scores.dtype == torch.float32 and not _autocast_on(device) else 3e-2
+    def _reproduces(tail_scores: Tensor, scores: Tensor, low_precision: bool) -> bool:
+        """Self-check of a fast path: the query's path must reproduce the forward's similarities (up to rounding;
+        ``low_precision``: the forward ran under autocast)."""
+        tol = 1e-4 if tail_scores.dtype == torch.float32 and not low_precision else 3e-2
         return tail_scores.shape == scores.shape and \
             torch.allclose(tail_scores.detach(), scores.detach().to(tail_scores.dtype), atol=tol)
 
@@ -416,10 +417,13 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             return self._row_gradients(scores, columns, records, fast, layout)
         if fast is not None:
             rec = recs[0]
-            with torch.enable_grad():
-                y = rec.y_query.clone().requires_grad_(True)
-                tail_scores = self.forward_func.score(fast.tail(rec.block_in[:, 0], y[:, 0]))
-                if not self._reproduces(tail_scores, scores, y.device):
+            low_precision = _autocast_on(rec.y_query.device)
+            dtype = next(rec.adapter.module.parameters()).dtype
+            # the query's path in the weights' own precision, as in _row_gradients
+            with torch.enable_grad(), torch.autocast(rec.y_query.device.type, enabled=False):
+                y = rec.y_query.to(dtype, copy=True).requires_grad_(True)
+                tail_scores = self.forward_func.score(fast.tail(rec.block_in[:, 0].to(dtype), y[:, 0]))
+                if not self._reproduces(tail_scores, scores, low_precision):
                     return None
                 chosen = tail_scores.gather(1, columns)
                 outs = [self._batched_grad(chosen[:, part], [y], True)[0]
@@ -453,16 +457,21 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             own = (query[:, None] == torch.arange(length, device=device))[:, None, :, None]  # (N, 1, L, 1)
             allowed = None if layout.allowed is None else layout.allowed[rows, query][:, None, :]  # (N, 1, L)
         probes: List[Optional[Tensor]] = [None] * len(self.attention_modules)
-        with torch.enable_grad():
+        # the row path is tiny: under autocast it runs in the weights' own precision, which keeps autocast from
+        # holding low-precision copies of every weight of the tail for the backward (and is more accurate)
+        low_precision = _autocast_on(device)
+        dtype = next(row.block.parameters()).dtype
+        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            x = x.to(dtype)
             for j, (rec, slot) in enumerate(zip(recs, fast.slots)):
                 if j == 0:
-                    y = first.y_query
+                    y = first.y_query.to(dtype)
                 else:
                     adapter = rec.adapter
                     q1, k1, v1 = adapter.row_qkv(row.pre(j, x))  # (N, H, 1, d)
                     _, kk, vv = rec.qkv
-                    kk = torch.where(own, k1.to(kk.dtype), kk)
-                    vv = torch.where(own, v1.to(vv.dtype), vv)
+                    kk = torch.where(own, k1.to(dtype), kk.to(dtype))
+                    vv = torch.where(own, v1.to(dtype), vv.to(dtype))
                     y = adapter.project(attention_output_at(adapter, q1, kk, vv, allowed))
                 if slot is not None:
                     probe = torch.zeros_like(y, requires_grad=True)
@@ -470,7 +479,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     y = y + probe
                 x = row.post(j, x, y)
             tail_scores = self.forward_func.score(row.head(x[:, 0]))
-            if not self._reproduces(tail_scores, scores, device):
+            if not self._reproduces(tail_scores, scores, low_precision):
                 return None
             chosen = tail_scores.gather(1, columns)
             k = columns.shape[1]
