@@ -131,12 +131,15 @@ def test_row_tail_matches_reference_non_contiguous(kind, images, tokens, row_cal
     assert len(row_calls) == images.shape[0] and all(row_calls)
 
 
+def text_case(kind):
+    """A text scorer of the ``kind`` stack against fixed images, tokens, and the HF attention mask (or None)."""
+    tokens = make_tokens()
+    return TextImageSimilarity(model(kind), fixed_images()), tokens, hf_mask(tokens) if kind == "hf" else None
+
+
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])
 def test_row_tail_autocast_bf16(kind, row_calls, monkeypatch):
-    mdl = model(kind)
-    scorer = TextImageSimilarity(mdl, fixed_images())
-    tokens = make_tokens()
-    extra = hf_mask(tokens) if kind == "hf" else None
+    scorer, tokens, extra = text_case(kind)
     ge = GradECLIP(scorer, chunk_size=2)
     ref = ge.attribute_all(tokens, additional_forward_args=extra)
     with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -151,10 +154,7 @@ def test_row_tail_autocast_bf16(kind, row_calls, monkeypatch):
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])
 def test_row_tail_self_check_falls_back(kind, row_calls, monkeypatch):
-    mdl = model(kind)
-    scorer = TextImageSimilarity(mdl, fixed_images())
-    tokens = make_tokens()
-    extra = hf_mask(tokens) if kind == "hf" else None
+    scorer, tokens, extra = text_case(kind)
     good = GradECLIP(scorer).attribute_all(tokens, additional_forward_args=extra)
     tower_cls = type(scorer.tower)
     original = tower_cls.row_tail
