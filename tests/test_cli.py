@@ -68,3 +68,62 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, ca
     assert main(argv + ["--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gradeclip: error:") and message.lower() in err[0].lower()
+
+
+@pytest.fixture(scope="module")
+def hf_model_dir(tmp_path_factory):
+    """A tiny HuggingFace CLIP saved with a real CLIPProcessor (a character-level BPE vocabulary written here), so
+    that ``--hf PATH`` runs ``AutoModel`` / ``AutoProcessor.from_pretrained`` offline."""
+    import json
+    import string
+
+    import torch
+    transformers = pytest.importorskip("transformers")
+    root = tmp_path_factory.mktemp("hf_clip")
+    vocab = {c: i for i, c in enumerate(string.ascii_lowercase)}
+    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(string.ascii_lowercase)})
+    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
+    (root / "vocab.json").write_text(json.dumps(vocab))
+    (root / "merges.txt").write_text("#version: 0.2\n")
+    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
+    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"),
+                                           pad_token="<|endoftext|>")
+    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    torch.manual_seed(0)
+    config = transformers.CLIPConfig(
+        text_config=dict(vocab_size=len(vocab), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
+                         num_attention_heads=3, max_position_embeddings=32, eos_token_id=eos, bos_token_id=bos,
+                         pad_token_id=eos),
+        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
+                           image_size=32, patch_size=8),
+        projection_dim=32)
+    out = root / "model"
+    transformers.CLIPModel(config).save_pretrained(out)
+    transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
+    return out
+
+
+def test_explain_with_a_local_hf_model(hf_model_dir, tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 56, 3) * 255).astype("uint8")).save(image)
+    out = tmp_path / "out"
+    assert main(["explain", str(image), "--hf", str(hf_model_dir), "--text", "a red circle", "--text", "a cat",
+                 "--out", str(out)]) == 0
+    assert "best match" in capsys.readouterr().out
+    data = np.load(out / "photo_maps.npz")
+    # native size: shorter side 32, 56 * 32 / 40 = 44.8 rounded to 48 px -> (4, 6) patches of 8 px
+    assert data["image_maps"].shape == (2, 4, 6)
+    assert np.isfinite(data["image_maps"]).all() and (data["image_maps"] >= 0).all()
+    # word maps over the padded ids of both prompts: start, 10 characters of "a red circle", end
+    assert data["word_maps"].shape == (2, 12) and (data["word_maps"] >= 0).all()
+    assert (data["word_maps"][1, 5:] == 0).all()  # "a cat": start, 4 characters, end, then padding
+    assert (out / "photo_words.html").read_text().count("<span") >= 10
+
+
+def test_missing_hf_model_is_one_line(tmp_path, capsys):
+    image = tmp_path / "photo.png"
+    Image.fromarray(np.zeros((32, 32, 3), dtype="uint8")).save(image)
+    assert main(["explain", str(image), "--hf", str(tmp_path / "nothing"), "--text", "a",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "could not load HuggingFace model" in err[0]
