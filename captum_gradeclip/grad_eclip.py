@@ -262,14 +262,16 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             fast = self._fast_path(layout)
             records = self._forward(inputs, extra, layout, fast)
             scores = records.pop("__scores__")
+            embedding = records.pop("__embedding__")
             if scores.dim() != 2:
                 raise ValueError(f"the scorer must return (N, T) similarities, got shape {tuple(scores.shape)}")
             columns = select(scores)  # (N, K)
-            grads = self._gradients(scores, columns, records, fast, layout)
+            grads = self._gradients(scores, embedding, columns, records, fast, layout)
             if grads is None:  # the fast path did not reproduce the forward pass: differentiate the whole forward
                 records = self._forward(inputs, extra, layout, None)
                 scores = records.pop("__scores__")
-                grads = self._gradients(scores, columns, records, None, layout)
+                embedding = records.pop("__embedding__")
+                grads = self._gradients(scores, embedding, columns, records, None, layout)
             return self._maps(records, grads, layout)
 
     def _fast_path(self, layout: TokenLayout) -> Optional[_Fast]:
@@ -363,8 +365,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                                                                         with_kwargs=True))
                 handles.append(fast.block.register_forward_pre_hook(block_hook(records[str(fast.first)]),
                                                                     with_kwargs=True))
-            with torch.no_grad():
-                scores = self.forward_func(inputs, *extra)
+            with torch.no_grad():  # the scorer's forward, split at the embedding
+                embedding = self.forward_func.embed(inputs, *extra)
+                scores = self.forward_func.score(embedding)
         finally:
             for h in handles:
                 h.remove()
@@ -376,6 +379,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
                     "pass blocks of the tower that the scorer encodes")
         records["__scores__"] = scores
+        records["__embedding__"] = embedding
         return records
 
     def _chunks(self, k: int, rows: int) -> List[slice]:
@@ -384,20 +388,58 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         size = self.chunk_size or max(1, min(_AUTO_MAX_TARGETS, _AUTO_MAX_ROWS // max(rows, 1)))
         return [slice(j, min(j + size, k)) for j in range(0, k, size)]
 
-    def _batched_grad(self, outputs: Tensor, wrt: List[Tensor], retain: bool) -> List[Tensor]:
-        """Gradients of every column of ``outputs`` (N, K) w.r.t. ``wrt``: a list of (K, *t.shape)."""
-        n, k = outputs.shape
-        eye = torch.eye(k, dtype=outputs.dtype, device=outputs.device)[:, None, :].expand(k, n, k)
+    def _vjp(self, outputs: Tensor, wrt: List[Tensor], vectors: Tensor, retain: bool) -> List[Tensor]:
+        """B vector-Jacobian products at once: ``vectors`` ``(B, *outputs.shape)``; a list of ``(B, *t.shape)``."""
+        b = vectors.shape[0]
         try:
-            grads = torch.autograd.grad(outputs, wrt, grad_outputs=eye, retain_graph=retain,
+            grads = torch.autograd.grad(outputs, wrt, grad_outputs=vectors, retain_graph=retain,
                                         is_grads_batched=True, allow_unused=True)
-        except RuntimeError:  # an op without a batching rule: one backward per target
-            per = [torch.autograd.grad(outputs[:, j].sum(), wrt, retain_graph=True, allow_unused=True)
-                   for j in range(k)]
+        except RuntimeError:  # an op without a batching rule: one backward per vector
+            per = [torch.autograd.grad(outputs, wrt, grad_outputs=v, retain_graph=True, allow_unused=True)
+                   for v in vectors]
             grads = tuple(torch.stack([p[i] if p[i] is not None else torch.zeros_like(wrt[i]) for p in per])
                           for i in range(len(wrt)))
-        return [g if g is not None else torch.zeros((k,) + tuple(t.shape), dtype=t.dtype, device=t.device)
+        return [g if g is not None else torch.zeros((b,) + tuple(t.shape), dtype=t.dtype, device=t.device)
                 for g, t in zip(grads, wrt)]
+
+    def _target_gradients(self, embedding: Tensor, columns: Tensor, wrt: List[Tensor], rows: int) -> List[Tensor]:
+        """d S[n, columns[n, k]] / d ``wrt`` for every target k: a list of ``(K, *t.shape)``.
+
+        The gradients go through the embedding ``f`` ``(N, E)``. With K <= E, each target's gradient at ``f``
+        (cheap: the scorer's cosine only) is carried back by one of K batched backward passes; with more targets
+        than embedding dimensions (zero-shot over many classes), the E unit vectors are carried back instead
+        (the Jacobian of ``f``, row by row) and contracted with the K gradients at ``f``: min(K, E) backward
+        passes either way. ``rows``: token rows one backward pass runs over (for the automatic chunk size).
+        """
+        k = columns.shape[1]
+        n, e = embedding.shape
+        if not embedding.requires_grad:  # nothing explained reaches the embedding
+            return [torch.zeros((k,) + tuple(t.shape), dtype=t.dtype, device=t.device) for t in wrt]
+        with torch.enable_grad():
+            leaf = embedding.detach().requires_grad_(True)
+            chosen = self.forward_func.score(leaf).gather(1, columns)  # (N, K)
+            eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)[:, None, :].expand(k, n, k)
+            at_embedding = torch.cat([self._vjp(chosen, [leaf], eye[part], part.stop < k)[0]
+                                      for part in self._chunks(k, n)])  # (K, N, E)
+        if k <= e:
+            vectors = at_embedding.to(embedding.dtype)
+        else:
+            vectors = torch.eye(e, dtype=embedding.dtype, device=embedding.device)[:, None, :].expand(e, n, e)
+        total = vectors.shape[0]
+        collected: List[List[Tensor]] = []
+        sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in wrt] \
+            if k > e else []
+        for part in self._chunks(total, rows):
+            with torch.enable_grad():
+                grads = self._vjp(embedding, wrt, vectors[part], part.stop < total)
+            if k <= e:
+                collected.append(grads)
+            else:  # J^T u_k, summed over the embedding dimensions of this chunk, in float32
+                for acc, g in zip(sums, grads):
+                    acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part].float(), g.float())
+        if k > e:
+            return [acc.to(t.dtype) for acc, t in zip(sums, wrt)]
+        return [torch.cat([c[i] for c in collected], dim=0) for i in range(len(wrt))]
 
     @staticmethod
     def _reproduces(tail_scores: Tensor, scores: Tensor, low_precision: bool) -> bool:
@@ -407,11 +449,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return tail_scores.shape == scores.shape and \
             torch.allclose(tail_scores.detach(), scores.detach().to(tail_scores.dtype), atol=tol)
 
-    def _gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: Optional[_Fast],
-                   layout: TokenLayout) -> Optional[List[Tensor]]:
+    def _gradients(self, scores: Tensor, embedding: Tensor, columns: Tensor, records: Dict[str, Any],
+                   fast: Optional[_Fast], layout: TokenLayout) -> Optional[List[Tensor]]:
         """dS/dy at the query rows for every explained layer: a list of (K, N, Q, D); None when the fast path
         fails its self-check."""
-        k = columns.shape[1]
         recs = [records[str(i)] for i in range(len(self.attention_modules))]
         if fast is not None and fast.row is not None:
             return self._row_gradients(scores, columns, records, fast, layout)
@@ -422,20 +463,11 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             # the query's path in the weights' own precision, as in _row_gradients
             with torch.enable_grad(), torch.autocast(rec.y_query.device.type, enabled=False):
                 y = rec.y_query.to(dtype, copy=True).requires_grad_(True)
-                tail_scores = self.forward_func.score(fast.tail(rec.block_in[:, 0].to(dtype), y[:, 0]))
-                if not self._reproduces(tail_scores, scores, low_precision):
+                tail_embedding = fast.tail(rec.block_in[:, 0].to(dtype), y[:, 0])
+                if not self._reproduces(self.forward_func.score(tail_embedding), scores, low_precision):
                     return None
-                chosen = tail_scores.gather(1, columns)
-                outs = [self._batched_grad(chosen[:, part], [y], True)[0]
-                        for part in self._chunks(k, y.shape[0] * y.shape[1])]
-            return [torch.cat(outs, dim=0)]
-        chosen = scores.gather(1, columns)
-        probes = [r.probe for r in recs]
-        if not chosen.requires_grad:
-            return [torch.zeros((k,) + tuple(p.shape), dtype=p.dtype, device=p.device) for p in probes]
-        parts = self._chunks(k, max(r.rows for r in recs))
-        chunks = [self._batched_grad(chosen[:, part], probes, part.stop < k) for part in parts]
-        return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(probes))]
+            return self._target_gradients(tail_embedding, columns, [y], y.shape[0] * y.shape[1])
+        return self._target_gradients(embedding, columns, [r.probe for r in recs], max(r.rows for r in recs))
 
     def _row_gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: _Fast,
                        layout: TokenLayout) -> Optional[List[Tensor]]:
@@ -478,14 +510,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     probes[slot] = probe
                     y = y + probe
                 x = row.post(j, x, y)
-            tail_scores = self.forward_func.score(row.head(x[:, 0]))
-            if not self._reproduces(tail_scores, scores, low_precision):
+            tail_embedding = row.head(x[:, 0])
+            if not self._reproduces(self.forward_func.score(tail_embedding), scores, low_precision):
                 return None
-            chosen = tail_scores.gather(1, columns)
-            k = columns.shape[1]
-            wrt = [p for p in probes if p is not None]
-            chunks = [self._batched_grad(chosen[:, part], wrt, part.stop < k) for part in self._chunks(k, n)]
-        return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(wrt))]
+        return self._target_gradients(tail_embedding, columns, [p for p in probes if p is not None], n)
 
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
         per_layer = []

@@ -178,15 +178,44 @@ def test_automatic_chunk_size_bounds_rows_and_keeps_maps(oc_model, images, monke
     assert auto._chunks(2, 10 ** 6) == [slice(0, 1), slice(1, 2)]  # never fewer than one target
     assert GradECLIP(scorer, blocks, chunk_size=4)._chunks(7, 10 ** 6) == [slice(0, 4), slice(4, 7)]
     seen = []
-    batched = GradECLIP._batched_grad
-    monkeypatch.setattr(GradECLIP, "_batched_grad",
-                        lambda self, out, wrt, retain: seen.append(out.shape[1]) or batched(self, out, wrt, retain))
+    vjp = GradECLIP._vjp
+    monkeypatch.setattr(GradECLIP, "_vjp", lambda self, out, wrt, vectors, retain:
+                        seen.append(vectors.shape[0]) or vjp(self, out, wrt, vectors, retain))
     maps = auto.attribute_all(images)  # probe path: 2 images x 17 tokens per target
-    assert seen == [3, 3, 1]
+    assert seen == [7, 3, 3, 1]  # the 7 targets' gradients at the embedding (2 rows each), then 3 + 3 + 1 targets
     torch.testing.assert_close(maps, GradECLIP(scorer, blocks, chunk_size=7).attribute_all(images),
                                atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="chunk_size"):
         GradECLIP(scorer, chunk_size=True)
+
+
+@pytest.mark.parametrize("path", ["image fast", "image probe", "text row tail", "text full"])
+def test_more_targets_than_embedding_dimensions(path, oc_model, images, monkeypatch):
+    """K > E: the Jacobian of the embedding (E backward passes) contracted with the K targets' gradients gives the
+    same maps as K backward passes (attribute: one target per call)."""
+    from conftest import make_tokens
+    e = oc_model.text_projection.shape[1]
+    k = e + 8
+    if path.startswith("image"):
+        tokens = make_tokens(tuple(4 + i % 9 for i in range(k)), seed=6)
+        blocks = None if path == "image fast" else list(oc_model.visual.transformer.resblocks)
+        ge = GradECLIP(ImageTextSimilarity(oc_model, tokens), blocks, chunk_size=5)
+        inputs = images
+    else:
+        fixed = torch.randn(k, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+        ge = GradECLIP(TextImageSimilarity(oc_model, fixed), chunk_size=5)
+        inputs = make_tokens((6, 9, 12), seed=8)
+        if path == "text full":
+            monkeypatch.setattr(type(ge.tower), "row_tail", lambda self, *a, **kw: None)
+    vjp, seen = GradECLIP._vjp, []
+    monkeypatch.setattr(GradECLIP, "_vjp", lambda self, out, wrt, vectors, retain:
+                        seen.append(vectors.shape[0]) or vjp(self, out, wrt, vectors, retain))
+    every = ge.attribute_all(inputs)
+    assert sum(seen) == k + e  # K gradients at the embedding, then E unit vectors through the network
+    one = torch.stack([ge.attribute(inputs, target=j).reshape(every[:, j].shape) for j in range(k)], dim=1)
+    scale = one.abs().amax()
+    assert scale > 0
+    torch.testing.assert_close(every / scale, one / scale, atol=1e-5, rtol=1e-4)
 
 
 def test_batch_equals_one_at_a_time_with_per_example_targets(oc_model, images, tokens):
