@@ -16,9 +16,9 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .adapters.attention import AttentionAdapter, attention_adapter, attention_output_at, full_width, \
-    single_head_output
+    is_attention_module, single_head_output
 from .adapters.base import RowTail, TokenLayout, Tower
-from .errors import LayerNotExecutedError
+from .errors import LayerNotExecutedError, UnsupportedModelError
 from .targets import check_target, index_tensor, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
@@ -47,9 +47,12 @@ class _Record:
 class _Fast:
     """A fast path: no graph over the sequence; the gradients come from the query row's path after ``block``.
 
-    ``tail``: the pooled tail after the only explained layer (in the last block). ``row``: the row tail over every
-    block from ``block`` on; ``slots[j]`` is the index of the explained layer whose module is ``row.attentions[j]``
-    (None for blocks that are re-run but not explained).
+    ``tail``: the pooled tail after the last block's attention; without ``cut``, that attention is the only
+    explained layer. ``cut``: several explained layers with a pooled tail (image towers): the graph runs over the
+    sequence from the first explained layer up to the last block's attention input, and the last block's query
+    row is re-computed from that input (the other rows of the last block do not reach the embedding).
+    ``row``: the row tail over every block from ``block`` on; ``slots[j]`` is the index of the explained layer
+    whose module is ``row.attentions[j]`` (None for blocks that are re-run but not explained).
     """
 
     block: nn.Module  # its input row at the query is recorded (in the record of explained layer `first`)
@@ -57,6 +60,8 @@ class _Fast:
     tail: Optional[Callable[[Tensor, Tensor], Tensor]] = None
     row: Optional[RowTail] = None
     slots: List[Optional[int]] = field(default_factory=list)
+    cut: bool = False
+    last: Optional[nn.Module] = None  # cut: the last block's attention module (records[str(first)] or "cut")
 
 
 def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
@@ -286,12 +291,26 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             return None
         row = self.tower.row_tail(modules, single_head=self.single_head)
         if row is None:
-            return None
+            return self._cut_path()
         index = {id(m): i for i, m in enumerate(modules)}
         slots = [index.get(id(m)) for m in row.attentions]
         if slots[0] is None or sum(s is not None for s in slots) != len(modules):
             return None  # the tail must start at an explained layer and hold all of them
         return _Fast(block=row.block, first=slots[0], row=row, slots=slots)
+
+    def _cut_path(self) -> Optional[_Fast]:
+        """Several explained layers (or one before the last block) in a tower with a pooled tail: cut the graph at
+        the last block's attention input."""
+        blocks = self.tower.blocks()
+        try:
+            last = self.tower.attention_of(blocks[-1])
+        except UnsupportedModelError:
+            return None
+        tail = self.tower.pooled_tail(last)
+        if tail is None or not is_attention_module(last):
+            return None
+        first = next((i for i, m in enumerate(self.attention_modules) if m is last), -1)
+        return _Fast(block=blocks[-1], first=first, tail=tail, cut=True, last=last)
 
     @staticmethod
     def _queries(layout: TokenLayout, n: int, length: int, device: torch.device) -> Tuple[Tensor, Tensor]:
@@ -311,11 +330,18 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             for j, (module, slot) in enumerate(zip(fast.row.attentions, fast.slots)):
                 if slot is None:
                     records[f"row{j}"] = _Record(attention_adapter(module))
+        cut = fast is not None and fast.cut
+        if cut:
+            if fast.first < 0:
+                records["cut"] = _Record(attention_adapter(fast.last))
+            last = records[str(fast.first) if fast.first >= 0 else "cut"]
         handles = []
 
         def pre_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
                 rec.args, rec.kwargs = args, kwargs
+                if cut and rec is last:
+                    torch.set_grad_enabled(False)  # nothing after this input needs a graph (restored by no_grad())
             return hook
 
         def out_hook(rec: _Record) -> Callable:
@@ -330,9 +356,11 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     replaced = True
                 n, length = y.shape[0], y.shape[1]
                 rec.rows = n * length
+                if cut and rec is last:
+                    return None  # its query row is re-computed with a graph in _cut_gradients
                 pos, weight = self._queries(layout, n, length, y.device)
                 rows = torch.arange(n, device=y.device)[:, None]
-                if fast is not None:
+                if fast is not None and not cut:
                     rec.y_query = y[rows, pos].detach()
                     return adapter.replace_output(output, y) if replaced else None
                 if not torch.is_grad_enabled():
@@ -350,7 +378,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
                 x = _first_tensor(args, kwargs)
                 pos, _ = self._queries(layout, x.shape[0], x.shape[1], x.device)
-                rec.block_in = x[torch.arange(x.shape[0], device=x.device)[:, None], pos].detach()
+                row = x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
+                rec.block_in = row if cut else row.detach()  # cut: keeps the graph back to earlier layers
             return hook
 
         try:
@@ -363,8 +392,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     if f"row{j}" in records:
                         handles.append(module.register_forward_pre_hook(pre_hook(records[f"row{j}"]),
                                                                         with_kwargs=True))
-                handles.append(fast.block.register_forward_pre_hook(block_hook(records[str(fast.first)]),
-                                                                    with_kwargs=True))
+                if cut and fast.first < 0:
+                    handles.append(fast.last.register_forward_pre_hook(pre_hook(last), with_kwargs=True))
+                handles.append(fast.block.register_forward_pre_hook(
+                    block_hook(last if cut else records[str(fast.first)]), with_kwargs=True))
             with torch.no_grad():  # the scorer's forward, split at the embedding
                 embedding = self.forward_func.embed(inputs, *extra)
                 scores = self.forward_func.score(embedding)
@@ -456,6 +487,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         recs = [records[str(i)] for i in range(len(self.attention_modules))]
         if fast is not None and fast.row is not None:
             return self._row_gradients(scores, columns, records, fast, layout)
+        if fast is not None and fast.cut:
+            return self._cut_gradients(scores, columns, records, fast, layout)
         if fast is not None:
             rec = recs[0]
             low_precision = _autocast_on(rec.y_query.device)
@@ -468,6 +501,32 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                     return None
             return self._target_gradients(tail_embedding, columns, [y], y.shape[0] * y.shape[1])
         return self._target_gradients(embedding, columns, [r.probe for r in recs], max(r.rows for r in recs))
+
+    def _cut_gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: _Fast,
+                       layout: TokenLayout) -> Optional[List[Tensor]]:
+        """dS/dy for several explained layers when the graph was cut at the last block's attention input: the last
+        block's query row is re-computed from that input (keys and values of every row, with their graph back to
+        the earlier explained layers) and finished by the pooled tail."""
+        assert fast.tail is not None
+        rec = records[str(fast.first) if fast.first >= 0 else "cut"]
+        adapter = rec.adapter
+        recs = [records[str(i)] for i in range(len(self.attention_modules))]
+        with torch.enable_grad():
+            q, k, v = adapter.qkv(rec.args, rec.kwargs)  # (N, H, L, d)
+            n = q.shape[0]
+            pos, _ = self._queries(layout, n, q.shape[2], q.device)
+            rows = torch.arange(n, device=q.device)[:, None]
+            allowed = None if layout.allowed is None else layout.allowed[rows, pos]
+            y = adapter.project(attention_output_at(adapter, q.transpose(1, 2)[rows, pos].transpose(1, 2), k, v,
+                                                    allowed))  # (N, 1, D): the module's output at the query
+            if fast.first >= 0:
+                rec.probe = torch.zeros_like(y, requires_grad=True)
+                y = y + rec.probe
+            tail_embedding = fast.tail(rec.block_in[:, 0], y[:, 0])
+            if not self._reproduces(self.forward_func.score(tail_embedding), scores, _autocast_on(q.device)):
+                return None
+        rec.qkv = (q.detach(), k.detach(), v.detach())  # shared with _maps
+        return self._target_gradients(tail_embedding, columns, [r.probe for r in recs], max(r.rows for r in recs))
 
     def _row_gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: _Fast,
                        layout: TokenLayout) -> Optional[List[Tensor]]:

@@ -83,8 +83,6 @@ def test_image_side_at_most_one_sync_and_none_per_target(stack, layers, oc_model
     lots = _record(lambda: GradECLIP(ImageTextSimilarity(model, many), blocks, chunk_size=2).attribute_all(images))
     _check(one)
     assert lots == one  # K chunks and N examples add no syncs
-    if layers == "all":
-        assert not one  # the probe path has none at all
     per_example = _record(lambda: GradECLIP(ImageTextSimilarity(model, many), blocks).attribute(
         images, target=[0, 3]))
     _check(per_example)

@@ -23,7 +23,7 @@ def image_features(model, images):
 
 
 # --------------------------------------------------------------------------------------------- open_clip image
-@pytest.mark.parametrize("explained", [[1], [0, 1]])
+@pytest.mark.parametrize("explained", [[1], [0, 1], [0]])
 @pytest.mark.parametrize("single_head", [False, True])
 def test_open_clip_image_matches_reference(oc_model, images, tokens, explained, single_head):
     scorer = ImageTextSimilarity(oc_model, tokens)
@@ -97,7 +97,7 @@ def test_hf_image_matches_reference(hf_model, images, tokens):
     scorer = ImageTextSimilarity(hf_model, {"input_ids": tokens, "attention_mask": mask})
     with torch.no_grad():
         tf = F.normalize(pooled(hf_model.get_text_features(input_ids=tokens, attention_mask=mask)), dim=-1)
-    for explained in ([1], [0, 1]):
+    for explained in ([1], [0, 1], [0]):
         ge = GradECLIP(scorer, [hf_model.vision_model.encoder.layers[i] for i in explained])
         ours = ge.attribute(images, target=2)
         ref = reference.hf_clip_image(hf_model, images, tf, 2, explained)
