@@ -72,3 +72,19 @@ def tokens():
 @pytest.fixture(scope="session")
 def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
+
+
+def spy_on_fast_path(monkeypatch, name: str) -> list:
+    """Outcomes of ``GradECLIP.<name>`` (a fast path's gradients) during a test: True when it produced the
+    gradients, False when its self-check failed (and the full backward was taken)."""
+    from captum_gradeclip import GradECLIP
+    calls = []
+    original = getattr(GradECLIP, name)
+
+    def spy(self, *args, **kwargs):
+        out = original(self, *args, **kwargs)
+        calls.append(out is not None)
+        return out
+
+    monkeypatch.setattr(GradECLIP, name, spy)
+    return calls

@@ -9,7 +9,7 @@ independent references in tests/test_grad_eclip.py (layers [0, 1] and [0]) run t
 
 import pytest
 import torch
-from conftest import make_tokens
+from conftest import make_tokens, spy_on_fast_path
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity
 
@@ -18,19 +18,10 @@ def blocks_of(model, stack):
     return list(model.visual.transformer.resblocks) if stack == "open_clip" else list(model.vision_model.encoder.layers)
 
 
-@pytest.fixture()
+@pytest.fixture
 def cut_calls(monkeypatch):
-    """Records whether each call's cut path produced gradients (True) or failed its self-check (False)."""
-    calls = []
-    original = GradECLIP._cut_gradients
-
-    def spy(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(GradECLIP, "_cut_gradients", spy)
-    return calls
+    """Outcomes of the cut path in this test: True (used) or False (self-check failed)."""
+    return spy_on_fast_path(monkeypatch, "_cut_gradients")
 
 
 def full_path(monkeypatch, fn):

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled
+from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled, spy_on_fast_path
 from torch import nn
 
 import reference
@@ -20,16 +20,7 @@ EMBED = 32
 @pytest.fixture
 def row_calls(monkeypatch):
     """Outcomes of GradECLIP._row_gradients in this test: True (row tail used) or False (self-check failed)."""
-    calls = []
-    original = GradECLIP._row_gradients
-
-    def spy(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        calls.append(out is not None)
-        return out
-
-    monkeypatch.setattr(GradECLIP, "_row_gradients", spy)
-    return calls
+    return spy_on_fast_path(monkeypatch, "_row_gradients")
 
 
 def full_path(scorer, layers, monkeypatch, fn):
