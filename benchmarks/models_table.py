@@ -166,7 +166,8 @@ def write_markdown(rows: List[Dict[str, str]], path: str) -> None:
         "- Rotary embeddings (EVA02, PE) are applied to q and k before lam, exactly as the attention does; at other "
         "input sizes they are rebuilt for the new grid from the model's frequency bands. Relative position biases "
         "(relpos ViTs, T5) enter the attention logits only and so are not part of lam.",
-        "- Other input sizes: open_clip ViTs and ResNets interpolate their positional embeddings on the fly; timm towers "
+        "- Other input sizes: open_clip ViTs and ResNets interpolate their positional embeddings on the fly; "
+        "timm towers "
         "resample theirs with `timm.layers.resample_abs_pos_embed` into a new tensor. Models are never modified.",
         "- Convolutional towers without a pooling attention (ConvNeXt, FastViT / MobileCLIP-S, Swin) raise "
         "`UnsupportedModelError`; their text towers are explained.",

@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
     src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
     ex.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
-    ex.add_argument("--pretrained", default="openai", help="open_clip pretrained tag (default: openai; 'none': random weights)")
+    ex.add_argument("--pretrained", default="openai",
+                    help="open_clip pretrained tag (default: openai; 'none': random weights)")
     ex.add_argument("--explain", choices=("image", "text", "both"), default="both")
     ex.add_argument("--layers", type=int, default=None,
                     help="number of last blocks to explain (default: 1 for images, 8 for text)")

@@ -161,11 +161,13 @@ class Tower(abc.ABC):
         return None
 
     def pooled_tail(self, attention: nn.Module) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
-        """Optional fast path (single pooling query only): for the attention module of the last block, a function that maps
-        (the block's input row at the query, the attention output row at the query) to the embedding.
+        """Optional fast path (single pooling query only): for the attention module of the last block, a function
+        that maps (the block's input row at the query, the attention output row at the query) to the embedding.
 
-        Towers that return a function let Grad-ECLIP differentiate only the query's path after the explained
-        layer; None means "differentiate the whole forward".
+        Towers that return a function let Grad-ECLIP differentiate only the query's path after the last block's
+        attention: when that attention is the only explained layer, nothing else; with several explained layers,
+        a graph up to the last block's attention input and the query's row from there. None means
+        "differentiate the whole forward".
         """
         return None
 
