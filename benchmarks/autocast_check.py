@@ -9,7 +9,7 @@ Same model (open_clip, random weights), same inputs, maps computed once in fp32 
   :func:`compare`),
 * the cosine similarity of the two maps (worst, and mean).
 
-Cases: image side default (last block: the pooled-tail fast path), image side last 4 blocks (the probe path),
+Cases: image side default (last block: the pooled-tail fast path), image side last 4 blocks (the cut path: a graph over the sequence up to the last block),
 image side ``single_head=True``, text side default (last 8 blocks), text side against many images.
 
 Examples::
@@ -95,7 +95,7 @@ def main(argv: List[str] = None) -> Dict[str, Any]:
     blocks = list(model.visual.transformer.resblocks)
     cases: Dict[str, Callable[[], torch.Tensor]] = {
         "image, last block (fast path)": lambda: GradECLIP(iscorer).attribute_all(images),
-        "image, last 4 blocks (probe path)": lambda: GradECLIP(iscorer, blocks[-4:]).attribute_all(images),
+        "image, last 4 blocks (cut path)": lambda: GradECLIP(iscorer, blocks[-4:]).attribute_all(images),
         "image, single_head=True": lambda: GradECLIP(iscorer, single_head=True).attribute_all(images),
         "text, last 8 blocks": lambda: GradECLIP(tscorer).attribute_all(tokens),
         "text, 1 caption vs 32 images": lambda: GradECLIP(tscorer_many).attribute_all(tokens[:1]),

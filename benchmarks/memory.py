@@ -14,7 +14,7 @@ them are not counted. On CUDA the script also reports ``max_memory_allocated`` a
 Cases (open_clip ViT-B-16 at 224 px, random weights, parameters frozen):
 
 * image: N images against K = 10 texts, the default layer (last block, fast path) and the last 4 blocks
-  (probe path: an autograd graph over those blocks).
+  (an autograd graph over those blocks, cut at the last block's attention input).
 * text: 100 captions against 1 image, and 1 caption against 100 images (default: last 8 blocks).
 
 Autocast (``--dtypes bf16``) runs on the CPU too (slowly): it changes which tensors are bf16 exactly as on a GPU,
