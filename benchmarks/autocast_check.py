@@ -9,8 +9,9 @@ Same model (open_clip, random weights), same inputs, maps computed once in fp32 
   :func:`compare`),
 * the cosine similarity of the two maps (worst, and mean).
 
-Cases: image side default (last block: the pooled-tail fast path), image side last 4 blocks (the cut path: a graph over the sequence up to the last block),
-image side ``single_head=True``, text side default (last 8 blocks), text side against many images.
+Cases: image side default (last block: the pooled-tail fast path), image side last 4 blocks (the cut path: a graph
+over the sequence up to the last block's attention input), image side ``single_head=True``, text side default
+(last 8 blocks, row tail), text side against many images.
 
 Examples::
 
