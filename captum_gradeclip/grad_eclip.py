@@ -436,41 +436,41 @@ class GradECLIP(LayerAttribution, GradientAttribution):
     def _target_gradients(self, embedding: Tensor, columns: Tensor, wrt: List[Tensor], rows: int) -> List[Tensor]:
         """d S[n, columns[n, k]] / d ``wrt`` for every target k: a list of ``(K, *t.shape)``.
 
-        The gradients go through the embedding ``f`` ``(N, E)``. With K <= E, each target's gradient at ``f``
-        (cheap: the scorer's cosine only) is carried back by one of K batched backward passes; with more targets
-        than embedding dimensions (zero-shot over many classes), the E unit vectors are carried back instead
-        (the Jacobian of ``f``, row by row) and contracted with the K gradients at ``f``: min(K, E) backward
-        passes either way. ``rows``: token rows one backward pass runs over (for the automatic chunk size).
+        The gradients go through the embedding ``f`` ``(N, E)``. With K <= E, K batched backward passes run from
+        the chosen similarities. With more targets than embedding dimensions (zero-shot over many classes), the
+        targets' gradients at ``f`` are taken first (cheap: the scorer's cosine only), the E unit vectors are
+        carried back through the network (the Jacobian of ``f``, row by row) and the two are contracted: min(K, E)
+        backward passes through the network either way. ``rows``: token rows one backward pass runs over (for
+        the automatic chunk size).
         """
         k = columns.shape[1]
         n, e = embedding.shape
         if not embedding.requires_grad:  # nothing explained reaches the embedding
             return [torch.zeros((k,) + tuple(t.shape), dtype=t.dtype, device=t.device) for t in wrt]
+
+        def unit_vectors(count: int, like: Tensor) -> Tensor:  # (count, N, count): one backward per column
+            return torch.eye(count, dtype=like.dtype, device=like.device)[:, None, :].expand(count, n, count)
+
+        if k <= e:
+            with torch.enable_grad():
+                chosen = self.forward_func.score(embedding).gather(1, columns)  # (N, K)
+                eye = unit_vectors(k, chosen)
+                collected = [self._vjp(chosen, wrt, eye[part], part.stop < k) for part in self._chunks(k, rows)]
+            return [torch.cat([c[i] for c in collected], dim=0) for i in range(len(wrt))]
         with torch.enable_grad():
             leaf = embedding.detach().requires_grad_(True)
-            chosen = self.forward_func.score(leaf).gather(1, columns)  # (N, K)
-            eye = torch.eye(k, dtype=chosen.dtype, device=chosen.device)[:, None, :].expand(k, n, k)
+            chosen = self.forward_func.score(leaf).gather(1, columns)
+            eye = unit_vectors(k, chosen)
             at_embedding = torch.cat([self._vjp(chosen, [leaf], eye[part], part.stop < k)[0]
-                                      for part in self._chunks(k, n)])  # (K, N, E)
-        if k <= e:
-            vectors = at_embedding.to(embedding.dtype)
-        else:
-            vectors = torch.eye(e, dtype=embedding.dtype, device=embedding.device)[:, None, :].expand(e, n, e)
-        total = vectors.shape[0]
-        collected: List[List[Tensor]] = []
-        sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in wrt] \
-            if k > e else []
-        for part in self._chunks(total, rows):
+                                      for part in self._chunks(k, n)]).float()  # (K, N, E)
+        basis = unit_vectors(e, embedding)
+        sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in wrt]
+        for part in self._chunks(e, rows):
             with torch.enable_grad():
-                grads = self._vjp(embedding, wrt, vectors[part], part.stop < total)
-            if k <= e:
-                collected.append(grads)
-            else:  # J^T u_k, summed over the embedding dimensions of this chunk, in float32
-                for acc, g in zip(sums, grads):
-                    acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part].float(), g.float())
-        if k > e:
-            return [acc.to(t.dtype) for acc, t in zip(sums, wrt)]
-        return [torch.cat([c[i] for c in collected], dim=0) for i in range(len(wrt))]
+                grads = self._vjp(embedding, wrt, basis[part], part.stop < e)
+            for acc, g in zip(sums, grads):  # J^T u_k over this chunk of embedding dimensions, in float32
+                acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
+        return [acc.to(t.dtype) for acc, t in zip(sums, wrt)]
 
     @staticmethod
     def _reproduces(tail_scores: Tensor, scores: Tensor, low_precision: bool) -> bool:
