@@ -129,8 +129,9 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
         self.mask_name = "pixel_attention_mask" if accepts(self.vision.forward, "pixel_attention_mask") \
             else "attention_mask"
 
-    def _prepare(self, inputs: Any, *extra: Any) -> Tuple[Tensor, Tensor, Tensor]:
-        """``pixel_values (N, P, D)``, ``pixel_attention_mask (N, P)``, ``spatial_shapes (N, 2)``."""
+    def _prepare(self, inputs: Any, *extra: Any) -> Tuple[Tensor, Tensor, Tensor, Optional[Tuple[int, int]]]:
+        """``pixel_values (N, P, D)``, ``pixel_attention_mask (N, P)``, ``spatial_shapes (N, 2)``, and the grid
+        when it is known on the host (ordinary images: nothing to read back from the device)."""
         if isinstance(inputs, Mapping):
             extra = (inputs.get("pixel_attention_mask"), inputs.get("spatial_shapes"))
             inputs = inputs["pixel_values"]
@@ -140,8 +141,8 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
             n, p = pv.shape[0], pv.shape[1]
             grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])
             mask = torch.ones(n, p, dtype=torch.long, device=pv.device)
-            shapes = torch.tensor([grid] * n, dtype=torch.long, device=pv.device)
-            return pv, mask, shapes
+            shapes = torch.stack([torch.full((n,), g, dtype=torch.long, device=pv.device) for g in grid], dim=1)
+            return pv, mask, shapes, grid
         if not isinstance(inputs, Tensor) or inputs.dim() != 3 or not inputs.is_floating_point():
             raise ValueError(
                 "SigLIP 2 pixel_values must be images (N, 3, H, W) or the processor's patches (N, P, C*p*p) with "
@@ -154,10 +155,12 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
         if tuple(mask.shape) != (n, p) or tuple(shapes.shape) != (n, 2):
             raise ValueError(f"pixel_attention_mask must be (N, P) = {(n, p)} and spatial_shapes (N, 2); got "
                              f"{tuple(mask.shape)} and {tuple(shapes.shape)}")
-        return inputs, mask, shapes
+        return inputs, mask, shapes, None
 
     def validate(self, inputs: Any, *extra: Any) -> None:
-        _, mask, shapes = self._prepare(inputs, *extra)
+        _, mask, shapes, grid = self._prepare(inputs, *extra)
+        if grid is not None:  # built here from images: consistent by construction
+            return
         if not bool((shapes == shapes[:1]).all()):
             raise ValueError(
                 "SigLIP 2 images of one batch have different spatial_shapes; the map of a batch is one grid: "
@@ -170,14 +173,16 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
                              f"(spatial_shapes {h}x{w}) of every image")
 
     def encode(self, inputs: Any, *extra: Any) -> Tensor:
-        pv, mask, shapes = self._prepare(inputs, *extra)
+        pv, mask, shapes, _ = self._prepare(inputs, *extra)
         out = self.vision(pixel_values=pv, spatial_shapes=shapes, **{self.mask_name: mask})
         return output_field(out, "pooler_output", 1)
 
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
-        _, mask, shapes = self._prepare(inputs, *extra)
-        grid = (int(shapes[0, 0]), int(shapes[0, 1]))
-        return self._probe_layout(mask.bool(), grid)
+        _, mask, shapes, grid = self._prepare(inputs, *extra)
+        if grid is not None:
+            return self._probe_layout(mask.bool(), grid, padded=False)
+        h, w = shapes[0].tolist()  # the processor's patches: the grid is data (one read per call)
+        return self._probe_layout(mask.bool(), (h, w))
 
 
 class HFSiglipTextTower(Tower):
