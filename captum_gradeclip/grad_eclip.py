@@ -491,15 +491,13 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             return self._cut_gradients(scores, columns, records, fast, layout)
         if fast is not None:
             rec = recs[0]
-            low_precision = _autocast_on(rec.y_query.device)
             dtype = next(rec.adapter.module.parameters()).dtype
-            # the query's path in the weights' own precision, as in _row_gradients
-            with torch.enable_grad(), torch.autocast(rec.y_query.device.type, enabled=False):
-                y = rec.y_query.to(dtype, copy=True).requires_grad_(True)
-                tail_embedding = fast.tail(rec.block_in[:, 0].to(dtype), y[:, 0])
-                if not self._reproduces(self.forward_func.score(tail_embedding), scores, low_precision):
-                    return None
-            return self._target_gradients(tail_embedding, columns, [y], y.shape[0] * y.shape[1])
+            x_row = rec.block_in[:, 0].to(dtype)
+
+            def path(y: Tensor) -> Tensor:  # the attention output row (N, 1, D) -> the embedding
+                return fast.tail(x_row, y[:, 0])
+
+            return self._row_path_gradients(path, [rec.y_query.to(dtype)], scores, columns)
         return self._target_gradients(embedding, columns, [r.probe for r in recs], max(r.rows for r in recs))
 
     def _cut_gradients(self, scores: Tensor, columns: Tensor, records: Dict[str, Any], fast: _Fast,
@@ -547,32 +545,67 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             length = recs[-1].qkv[1].shape[2] if len(recs) > 1 else 0
             own = (query[:, None] == torch.arange(length, device=device))[:, None, :, None]  # (N, 1, L, 1)
             allowed = None if layout.allowed is None else layout.allowed[rows, query][:, None, :]  # (N, 1, L)
-        probes: List[Optional[Tensor]] = [None] * len(self.attention_modules)
-        # the row path is tiny: under autocast it runs in the weights' own precision, which keeps autocast from
-        # holding low-precision copies of every weight of the tail for the backward (and is more accurate)
-        low_precision = _autocast_on(device)
         dtype = next(row.block.parameters()).dtype
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            x = x.to(dtype)
+        x_row = x.to(dtype)
+        kv = [None] + [(rec.qkv[1].to(dtype), rec.qkv[2].to(dtype)) for rec in recs[1:]]
+
+        def path(*probes: Tensor) -> Tensor:  # one zero probe (N, 1, D) per explained layer -> the embedding
+            x = x_row
             for j, (rec, slot) in enumerate(zip(recs, fast.slots)):
                 if j == 0:
                     y = first.y_query.to(dtype)
                 else:
                     adapter = rec.adapter
                     q1, k1, v1 = adapter.row_qkv(row.pre(j, x))  # (N, H, 1, d)
-                    _, kk, vv = rec.qkv
-                    kk = torch.where(own, k1.to(dtype), kk.to(dtype))
-                    vv = torch.where(own, v1.to(dtype), vv.to(dtype))
+                    kk = torch.where(own, k1, kv[j][0])
+                    vv = torch.where(own, v1, kv[j][1])
                     y = adapter.project(attention_output_at(adapter, q1, kk, vv, allowed))
                 if slot is not None:
-                    probe = torch.zeros_like(y, requires_grad=True)
-                    probes[slot] = probe
-                    y = y + probe
+                    y = y + probes[slot]
                 x = row.post(j, x, y)
-            tail_embedding = row.head(x[:, 0])
-            if not self._reproduces(self.forward_func.score(tail_embedding), scores, low_precision):
+            return row.head(x[:, 0])
+
+        width = first.y_query.shape[-1]
+        zeros = [torch.zeros(n, 1, width, dtype=dtype, device=device) for _ in self.attention_modules]
+        return self._row_path_gradients(path, zeros, scores, columns)
+
+    def _row_path_gradients(self, path: Callable[..., Tensor], leaves: List[Tensor], scores: Tensor,
+                            columns: Tensor) -> Optional[List[Tensor]]:
+        """Gradients on a fast path whose graph holds one row per example (the pooled tail, the row tail).
+
+        ``path(*leaves)`` maps the leaves (``(N, Q, D)`` each: what is differentiated) to the embedding
+        ``(N, E)``. It runs once; its vector-Jacobian products for all targets of a chunk come from
+        ``torch.func.vmap`` over ``torch.func.vjp``, whose batching rules keep one kernel per op whatever the
+        number of targets (the ``is_grads_batched`` prototype loops over targets in several backward ops). With
+        more targets than embedding dimensions, the E unit vectors of the embedding are pulled back instead (its
+        Jacobian) and contracted with the targets' gradients at the embedding. The path is first checked against
+        the forward's similarities (None: it does not reproduce the model; the caller falls back to the full
+        backward). Under autocast it runs in the weights' own precision: it is small, and autocast would
+        otherwise keep low-precision copies of its weights for the backward.
+        """
+        from torch.func import vjp, vmap
+        device = scores.device
+        low_precision = _autocast_on(device)
+        k = columns.shape[1]
+        n = scores.shape[0]
+        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+            embedding, pull = vjp(path, *leaves)
+            if not self._reproduces(self.forward_func.score(embedding), scores, low_precision):
                 return None
-        return self._target_gradients(tail_embedding, columns, [p for p in probes if p is not None], n)
+            e = embedding.shape[1]
+            _, pull_scores = vjp(lambda f: self.forward_func.score(f).gather(1, columns), embedding)
+            eye = torch.eye(k, dtype=scores.dtype, device=device)[:, None, :].expand(k, n, k)
+            parts = self._chunks(k, n)
+            if k <= e:
+                chunks = [vmap(pull)(vmap(pull_scores)(eye[part])[0].to(embedding.dtype)) for part in parts]
+                return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(leaves))]
+            at_embedding = torch.cat([vmap(pull_scores)(eye[part])[0] for part in parts]).float()  # (K, N, E)
+            basis = torch.eye(e, dtype=embedding.dtype, device=device)[:, None, :].expand(e, n, e)
+            sums = [torch.zeros((k,) + t.shape, dtype=torch.float32, device=t.device) for t in leaves]
+            for part in self._chunks(e, n):
+                for acc, g in zip(sums, vmap(pull)(basis[part])):  # J^T u_k over these dimensions, in float32
+                    acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
+            return [acc.to(t.dtype) for acc, t in zip(sums, leaves)]
 
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
         per_layer = []

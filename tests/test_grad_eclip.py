@@ -211,7 +211,10 @@ def test_more_targets_than_embedding_dimensions(path, oc_model, images, monkeypa
     monkeypatch.setattr(GradECLIP, "_vjp", lambda self, out, wrt, vectors, retain:
                         seen.append(vectors.shape[0]) or vjp(self, out, wrt, vectors, retain))
     every = ge.attribute_all(inputs)
-    assert sum(seen) == k + e  # K gradients at the embedding, then E unit vectors through the network
+    if path in ("image fast", "text row tail"):  # one-row paths: copies of the row, no batched vjp at all
+        assert seen == []
+    else:
+        assert sum(seen) == k + e  # K gradients at the embedding, then E unit vectors through the network
     one = torch.stack([ge.attribute(inputs, target=j).reshape(every[:, j].shape) for j in range(k)], dim=1)
     scale = one.abs().amax()
     assert scale > 0
