@@ -1,0 +1,77 @@
+"""Smoke runs of the benchmark scripts on a small open_clip config, so that they keep working.
+
+Figures are not asserted beyond what must hold on any machine (the scripts measure; docs/performance.md reports):
+every method of every cell ran, the maps-per-second bookkeeping is consistent, and the tensor-memory proxy of the
+default image layer stays within the issue's 1.5x of a no-grad forward (it is deterministic, not timed).
+"""
+
+import json
+import os
+import sys
+
+import pytest
+
+BENCHMARKS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+
+
+@pytest.fixture(scope="module")
+def scripts():
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import memory
+        import speed
+        yield speed, memory
+    finally:
+        sys.path.remove(BENCHMARKS)
+
+
+def test_speed_script_runs_every_method(scripts, tmp_path, capsys):
+    speed, _ = scripts
+    out = tmp_path / "speed.json"
+    speed.main(["--model", "ViT-B-32", "--image-size", "64", "--batch-sizes", "2", "--texts", "3", "--captions", "3",
+                "--caption-images", "3", "--repeats", "1", "--warmup", "0", "--ig-steps", "2", "--ig-cells", "2x3",
+                "--threads", "1", "--out", str(out)])
+    assert "attribute_all" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    cells = {(r["side"], r["n"], r["k"]) for r in rows}
+    assert cells == {("image", 2, 3), ("text", 3, 1), ("text", 1, 3)}
+    for side, n, k in cells:
+        methods = {r["method"] for r in rows if (r["side"], r["n"], r["k"]) == (side, n, k)}
+        assert {"forward", "attribute_all", "loop"} <= methods
+    image = [r for r in rows if r["side"] == "image"]
+    assert {r["method"] for r in image} == {"forward", "attribute_all", "loop", "ig"}
+    for r in rows:
+        assert r["best_s"] > 0 and r["maps_per_s"] == pytest.approx(r["inputs_per_s"] * r["maps_per_call"]
+                                                                     / r["inputs_per_call"])
+
+
+def test_memory_script_default_layer_within_goal(scripts, tmp_path):
+    _, memory = scripts
+    out = tmp_path / "memory.json"
+    memory.main(["--model", "ViT-B-32", "--batch-size", "2", "--texts", "3", "--dtypes", "fp32",
+                 "--cases", "image,image4,images", "--threads", "1", "--out", str(out)])
+    rows = {r["case"].split(",")[0] + ("4" if "4 blocks" in r["case"] else ""): r
+            for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"image", "image4", "text"}
+    assert all(r["forward_mib"] > 0 and r["attribute_all_mib"] > 0 for r in rows.values())
+    assert rows["image"]["ratio"] < 1.5  # the default layer: about a no-grad forward's peak
+    assert rows["image4"]["ratio"] > rows["image"]["ratio"]  # a graph over 4 blocks costs more
+
+
+def test_live_tensor_bytes_counts_what_is_alive():
+    """The memory proxy on a hand-checked case: two 4 MB tensors alive together, then one freed."""
+    import torch
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        from memory import LiveTensorBytes
+    finally:
+        sys.path.remove(BENCHMARKS)
+    weight = torch.ones(1024, 1024)  # exists before: not counted, nor its views
+    with LiveTensorBytes() as live:
+        a = weight * 2  # 4 MiB
+        b = a + 1  # 4 MiB, both alive
+        del a
+        c = b.t()  # a view: nothing new
+        d = c * 3  # 4 MiB, with b alive (a was freed)
+    assert live.peak == 2 * 4 * 2 ** 20
+    del b, d
