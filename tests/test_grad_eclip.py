@@ -440,3 +440,21 @@ def test_hf_invariants_and_untouched_model(images, tokens):
     assert all(torch.equal(state[k], v) for k, v in model.state_dict().items())
     assert flags == {k: p.requires_grad for k, p in model.named_parameters()}
     assert _hook_count(model) == 0
+
+
+def test_compiled_models_are_explained_through_their_original(images, tokens):
+    """torch.compile(model) shares its modules with the original: the maps are the original's (run eagerly);
+    a model with a compiled tower gets a clear error naming the fix."""
+    model = make_open_clip()
+    ref_i = GradECLIP(ImageTextSimilarity(model, tokens)).attribute_all(images)
+    ref_t = GradECLIP(TextImageSimilarity(model, images)).attribute_all(tokens)
+    compiled = torch.compile(model)
+    torch.testing.assert_close(GradECLIP(ImageTextSimilarity(compiled, tokens)).attribute_all(images), ref_i)
+    torch.testing.assert_close(GradECLIP(TextImageSimilarity(compiled, images)).attribute_all(tokens), ref_t)
+    hf = make_hf_clip()
+    ref = GradECLIP(ImageTextSimilarity(hf, tokens)).attribute_all(images)
+    torch.testing.assert_close(GradECLIP(ImageTextSimilarity(torch.compile(hf), tokens)).attribute_all(images), ref)
+    partly = make_open_clip()
+    partly.visual = torch.compile(partly.visual)
+    with pytest.raises(UnsupportedModelError, match=r"visual are compiled with torch.compile.*_orig_mod"):
+        ImageTextSimilarity(partly, tokens)

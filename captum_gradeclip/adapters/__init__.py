@@ -37,9 +37,23 @@ def _family(model: nn.Module) -> str:
     return "unknown"
 
 
+def _is_compiled(module: nn.Module) -> bool:
+    return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
+
+
+def uncompiled(model: nn.Module) -> nn.Module:
+    """The module that ``torch.compile`` wrapped (the wrapper shares its parameters and submodules), or ``model``
+    itself. Grad-ECLIP explains that module and runs it eagerly: its hooks need the modules' own forward."""
+    return model._orig_mod if _is_compiled(model) else model
+
+
 def _unsupported(model: nn.Module, side: str) -> UnsupportedModelError:
+    compiled = [name for name, sub in model.named_modules() if name and _is_compiled(sub)]
+    hint = (f"; its submodule(s) {', '.join(compiled)} are compiled with torch.compile: pass a model whose towers "
+            "are not compiled (e.g. model.visual = model.visual._orig_mod), or compile the whole model instead"
+            ) if compiled else ""
     return UnsupportedModelError(
-        f"cannot explain the {side} tower of {type(model).__module__}.{type(model).__name__}; "
+        f"cannot explain the {side} tower of {type(model).__module__}.{type(model).__name__}{hint}; "
         f"supported models: {'; '.join(SUPPORTED_MODELS)}")
 
 
@@ -78,7 +92,10 @@ def _open_clip_text_tower(model: nn.Module) -> Tower:
 
 
 def image_tower(model: nn.Module) -> Tower:
-    """The image tower adapter of ``model``."""
+    """The image tower adapter of ``model`` (a ``torch.compile`` wrapper is explained through its original)."""
+    model = uncompiled(model)
+    if any(_is_compiled(sub) for sub in model.modules()):
+        raise _unsupported(model, "image")
     family = _family(model)
     if family == "open_clip" and hasattr(model, "visual"):
         return _open_clip_image_tower(model)
@@ -91,7 +108,10 @@ def image_tower(model: nn.Module) -> Tower:
 
 
 def text_tower(model: nn.Module) -> Tower:
-    """The text tower adapter of ``model``."""
+    """The text tower adapter of ``model`` (a ``torch.compile`` wrapper is explained through its original)."""
+    model = uncompiled(model)
+    if any(_is_compiled(sub) for sub in model.modules()):
+        raise _unsupported(model, "text")
     family = _family(model)
     if family == "open_clip" and type(model).__name__ in ("CLIP", "CustomTextCLIP", "CoCa"):
         return _open_clip_text_tower(model)
