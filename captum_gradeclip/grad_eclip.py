@@ -433,44 +433,55 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return [g if g is not None else torch.zeros((b,) + tuple(t.shape), dtype=t.dtype, device=t.device)
                 for g, t in zip(grads, wrt)]
 
-    def _target_gradients(self, embedding: Tensor, columns: Tensor, wrt: List[Tensor], rows: int) -> List[Tensor]:
-        """d S[n, columns[n, k]] / d ``wrt`` for every target k: a list of ``(K, *t.shape)``.
+    def _pull_back(self, k: int, e: int, n: int, rows: int, leaves: List[Tensor],
+                   targets_to_leaves: Callable[[Tensor, bool], Sequence[Tensor]],
+                   targets_to_embedding: Callable[[Tensor, bool], Tensor],
+                   embedding_to_leaves: Callable[[Tensor, bool], Sequence[Tensor]]) -> List[Tensor]:
+        """d S[n, columns[n, k]] / d ``leaves`` for every target k: a list of ``(K, *leaf.shape)``.
 
-        The gradients go through the embedding ``f`` ``(N, E)``. With K <= E, K batched backward passes run from
-        the chosen similarities. With more targets than embedding dimensions (zero-shot over many classes), the
-        targets' gradients at ``f`` are taken first (cheap: the scorer's cosine only), the E unit vectors are
-        carried back through the network (the Jacobian of ``f``, row by row) and the two are contracted: min(K, E)
-        backward passes through the network either way. ``rows``: token rows one backward pass runs over (for
-        the automatic chunk size).
+        The gradients all pass through the embedding ``f`` ``(N, E)``. With K <= E, batched pull-backs of the K
+        targets' unit vectors run from the chosen similarities (``targets_to_leaves``). With more targets than
+        embedding dimensions (zero-shot over many classes), the targets' gradients at ``f`` are taken first
+        (``targets_to_embedding``: the scorer's cosine only), the E unit vectors of ``f`` are pulled back through
+        the network (``embedding_to_leaves``: its Jacobian) and the two are contracted: min(K, E) pull-backs
+        through the network either way. Each callable takes a chunk of cotangents ``(c, N, K or E)`` and whether
+        it is the last chunk (the graph may then be freed). ``rows``: token rows one pull-back runs over (for the
+        automatic chunk size).
         """
+        def unit_vectors(count: int, dtype: torch.dtype) -> Tensor:  # (count, N, count)
+            return torch.eye(count, dtype=dtype, device=leaves[0].device)[:, None, :].expand(count, n, count)
+
+        eye = unit_vectors(k, torch.float32)
+        if k <= e:
+            chunks = [targets_to_leaves(eye[part], part.stop == k) for part in self._chunks(k, rows)]
+            return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(leaves))]
+        at_embedding = torch.cat([targets_to_embedding(eye[part], part.stop == k)
+                                  for part in self._chunks(k, n)]).float()  # (K, N, E)
+        basis = unit_vectors(e, leaves[0].dtype)
+        sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in leaves]
+        for part in self._chunks(e, rows):
+            for acc, g in zip(sums, embedding_to_leaves(basis[part], part.stop == e)):  # J^T u_k, in float32
+                acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
+        return [acc.to(t.dtype) for acc, t in zip(sums, leaves)]
+
+    def _target_gradients(self, embedding: Tensor, columns: Tensor, wrt: List[Tensor], rows: int) -> List[Tensor]:
+        """:meth:`_pull_back` through the autograd graph that the forward pass built (``wrt``: its probes)."""
         k = columns.shape[1]
         n, e = embedding.shape
         if not embedding.requires_grad:  # nothing explained reaches the embedding
             return [torch.zeros((k,) + tuple(t.shape), dtype=t.dtype, device=t.device) for t in wrt]
 
-        def unit_vectors(count: int, like: Tensor) -> Tensor:  # (count, N, count): one backward per column
-            return torch.eye(count, dtype=like.dtype, device=like.device)[:, None, :].expand(count, n, count)
-
-        if k <= e:
-            with torch.enable_grad():
-                chosen = self.forward_func.score(embedding).gather(1, columns)  # (N, K)
-                eye = unit_vectors(k, chosen)
-                collected = [self._vjp(chosen, wrt, eye[part], part.stop < k) for part in self._chunks(k, rows)]
-            return [torch.cat([c[i] for c in collected], dim=0) for i in range(len(wrt))]
-        with torch.enable_grad():
+        def targets_to_embedding(vectors: Tensor, last: bool) -> Tensor:  # through the scorer only
             leaf = embedding.detach().requires_grad_(True)
-            chosen = self.forward_func.score(leaf).gather(1, columns)
-            eye = unit_vectors(k, chosen)
-            at_embedding = torch.cat([self._vjp(chosen, [leaf], eye[part], part.stop < k)[0]
-                                      for part in self._chunks(k, n)]).float()  # (K, N, E)
-        basis = unit_vectors(e, embedding)
-        sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in wrt]
-        for part in self._chunks(e, rows):
-            with torch.enable_grad():
-                grads = self._vjp(embedding, wrt, basis[part], part.stop < e)
-            for acc, g in zip(sums, grads):  # J^T u_k over this chunk of embedding dimensions, in float32
-                acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
-        return [acc.to(t.dtype) for acc, t in zip(sums, wrt)]
+            return self._vjp(self.forward_func.score(leaf).gather(1, columns), [leaf], vectors, False)[0]
+
+        with torch.enable_grad():
+            chosen = self.forward_func.score(embedding).gather(1, columns)  # (N, K)
+            return self._pull_back(
+                k, e, n, rows, wrt,
+                lambda vectors, last: self._vjp(chosen, wrt, vectors.to(chosen.dtype), not last),
+                targets_to_embedding,
+                lambda vectors, last: self._vjp(embedding, wrt, vectors.to(embedding.dtype), not last))
 
     @staticmethod
     def _reproduces(tail_scores: Tensor, scores: Tensor, low_precision: bool) -> bool:
@@ -513,10 +524,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             q, k, v = adapter.qkv(rec.args, rec.kwargs)  # (N, H, L, d)
             n = q.shape[0]
             pos, _ = self._queries(layout, n, q.shape[2], q.device)
-            rows = torch.arange(n, device=q.device)[:, None]
-            allowed = None if layout.allowed is None else layout.allowed[rows, pos]
-            y = adapter.project(attention_output_at(adapter, q.transpose(1, 2)[rows, pos].transpose(1, 2), k, v,
-                                                    allowed))  # (N, 1, D): the module's output at the query
+            y = adapter.project(self._output_at(adapter, q, k, v, pos, layout))  # (N, 1, D): the output at the query
             if fast.first >= 0:
                 rec.probe = torch.zeros_like(y, requires_grad=True)
                 y = y + rec.probe
@@ -592,20 +600,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             embedding, pull = vjp(path, *leaves)
             if not self._reproduces(self.forward_func.score(embedding), scores, low_precision):
                 return None
-            e = embedding.shape[1]
             _, pull_scores = vjp(lambda f: self.forward_func.score(f).gather(1, columns), embedding)
-            eye = torch.eye(k, dtype=scores.dtype, device=device)[:, None, :].expand(k, n, k)
-            parts = self._chunks(k, n)
-            if k <= e:
-                chunks = [vmap(pull)(vmap(pull_scores)(eye[part])[0].to(embedding.dtype)) for part in parts]
-                return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(leaves))]
-            at_embedding = torch.cat([vmap(pull_scores)(eye[part])[0] for part in parts]).float()  # (K, N, E)
-            basis = torch.eye(e, dtype=embedding.dtype, device=device)[:, None, :].expand(e, n, e)
-            sums = [torch.zeros((k,) + t.shape, dtype=torch.float32, device=t.device) for t in leaves]
-            for part in self._chunks(e, n):
-                for acc, g in zip(sums, vmap(pull)(basis[part])):  # J^T u_k over these dimensions, in float32
-                    acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
-            return [acc.to(t.dtype) for acc, t in zip(sums, leaves)]
+            return self._pull_back(
+                k, embedding.shape[1], n, n, leaves,
+                lambda vectors, last: vmap(pull)(vmap(pull_scores)(vectors)[0].to(embedding.dtype)),
+                lambda vectors, last: vmap(pull_scores)(vectors)[0],
+                lambda vectors, last: vmap(pull)(vectors))
 
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
         per_layer = []
@@ -637,18 +637,24 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         keep = torch.argsort((~layout.report_mask[0]).to(torch.uint8), stable=True)[:h * w]
         return total[:, :, keep].reshape(total.shape[0], total.shape[1], h, w)
 
+    @staticmethod
+    def _output_at(adapter: AttentionAdapter, q: Tensor, k: Tensor, v: Tensor, pos: Tensor, layout: TokenLayout
+                   ) -> Tensor:
+        """Attention output ``o`` (heads concatenated, ``(N, Q, C)``) of the queries at ``pos`` ``(N, Q)``, with the
+        layout's attention mask."""
+        rows = torch.arange(q.shape[0], device=q.device)[:, None]
+        allowed = None if layout.allowed is None else layout.allowed[rows, pos]
+        return attention_output_at(adapter, q.transpose(1, 2)[rows, pos].transpose(1, 2), k, v, allowed)
+
     def _channel_weights(self, adapter: AttentionAdapter, dy: Tensor, q: Tensor, k: Tensor, v: Tensor,
                          pos: Tensor, layout: TokenLayout) -> Tensor:
         """g = dS/do at the queries: the gradient at the module output pulled back through its projection."""
         n = q.shape[0]
         param = next(adapter.module.parameters())
-        rows = torch.arange(n, device=q.device)[:, None]
         if adapter.linear_projection:
             o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=param.device)
         else:
-            allowed = None if layout.allowed is None else layout.allowed[rows, pos]
-            qq = q.transpose(1, 2)[rows, pos].transpose(1, 2)  # (N, H, Q, d)
-            o = attention_output_at(adapter, qq, k, v, allowed).to(param.dtype)
+            o = self._output_at(adapter, q, k, v, pos, layout).to(param.dtype)
         with torch.enable_grad():
             o = o.detach().requires_grad_(True)
             y = adapter.project(o)
