@@ -13,7 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List
 
 import torch
 from captum.attr import FeatureAblation, GradientShap, IntegratedGradients, LayerIntegratedGradients, Saliency

@@ -19,7 +19,7 @@ from .adapters.attention import AttentionAdapter, attention_adapter, attention_o
     is_attention_module, single_head_output
 from .adapters.base import RowTail, TokenLayout, Tower
 from .errors import LayerNotExecutedError, UnsupportedModelError
-from .targets import check_target, index_tensor, target_columns
+from .targets import check_target, index_tensor, single_input, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 
@@ -187,7 +187,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
 
             >>> heat = GradECLIP(scorer).attribute(images, target=[0, 1])
         """
-        x, is_tuple = self._unpack(inputs)
+        x, is_tuple = single_input(inputs, "GradECLIP")
 
         def select(scores: Tensor) -> Tensor:
             return target_columns(scores, target)[:, None]
@@ -221,7 +221,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             >>> maps = GradECLIP(scorer).attribute_all(images)            # all texts of the scorer
             >>> maps = GradECLIP(scorer).attribute_all(images, [0, 3])    # two of them
         """
-        x, _ = self._unpack(inputs)
+        x, _ = single_input(inputs, "GradECLIP")
 
         def select(scores: Tensor) -> Tensor:
             # validated on the host before anything touches the device (no syncs in the hot path)
@@ -237,13 +237,6 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         return self._attribute(x, additional_forward_args, select)
 
     # ------------------------------------------------------------------------------------------------------
-    def _unpack(self, inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bool]:
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise ValueError(f"GradECLIP explains one input tensor; got a tuple of {len(inputs)}")
-            return inputs[0], True
-        return inputs, False
-
     def _attribute(self, inputs: Tensor, additional_forward_args: Any,
                    select: Callable[[Tensor], Tensor], may_crop: bool = True) -> Tensor:
         extra = _format_additional_forward_args(additional_forward_args) or ()

@@ -11,7 +11,7 @@ Every Captum method runs on the same scorer: ``IntegratedGradients(scorer)``, ``
 
 from __future__ import annotations
 
-from typing import Any, Optional
+from typing import Any
 
 import torch
 import torch.nn.functional as F

@@ -1,12 +1,22 @@
-"""Captum's target semantics for (N, T) similarity outputs, validated with readable errors."""
+"""Captum's input and target formats for (N, T) similarity outputs, validated with readable errors."""
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
 from torch import Tensor
+
+
+def single_input(inputs: Union[Tensor, Tuple[Tensor, ...]], method: str) -> Tuple[Tensor, bool]:
+    """The one input tensor of a call, and whether it came as a 1-tuple (Captum's metrics pass tuples and expect
+    tuples back)."""
+    if isinstance(inputs, tuple):
+        if len(inputs) != 1:
+            raise ValueError(f"{method} explains one input tensor; got a tuple of {len(inputs)}")
+        return inputs[0], True
+    return inputs, False
 
 
 def check_target(scores: Tensor, target: TargetType) -> None:

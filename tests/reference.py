@@ -5,7 +5,7 @@ hand, the channel weights come from autograd on the hand-written forward, lam is
 the library is used.
 """
 
-from typing import Dict, List, Optional
+from typing import List
 
 import torch
 import torch.nn.functional as F

@@ -7,7 +7,6 @@ import math
 import os
 
 import pytest
-import transformers
 import torch
 import torch.nn.functional as F
 

@@ -41,10 +41,14 @@ def _is_compiled(module: nn.Module) -> bool:
     return type(module).__name__ == "OptimizedModule" and isinstance(getattr(module, "_orig_mod", None), nn.Module)
 
 
-def uncompiled(model: nn.Module) -> nn.Module:
+def uncompiled(model: nn.Module, side: str) -> nn.Module:
     """The module that ``torch.compile`` wrapped (the wrapper shares its parameters and submodules), or ``model``
-    itself. Grad-ECLIP explains that module and runs it eagerly: its hooks need the modules' own forward."""
-    return model._orig_mod if _is_compiled(model) else model
+    itself. Grad-ECLIP explains that module and runs it eagerly: its hooks need the modules' own forward. A model
+    with separately compiled submodules cannot be run eagerly: UnsupportedModelError names them."""
+    model = model._orig_mod if _is_compiled(model) else model
+    if any(_is_compiled(sub) for sub in model.modules()):
+        raise _unsupported(model, side)
+    return model
 
 
 def _unsupported(model: nn.Module, side: str) -> UnsupportedModelError:
@@ -93,9 +97,7 @@ def _open_clip_text_tower(model: nn.Module) -> Tower:
 
 def image_tower(model: nn.Module) -> Tower:
     """The image tower adapter of ``model`` (a ``torch.compile`` wrapper is explained through its original)."""
-    model = uncompiled(model)
-    if any(_is_compiled(sub) for sub in model.modules()):
-        raise _unsupported(model, "image")
+    model = uncompiled(model, "image")
     family = _family(model)
     if family == "open_clip" and hasattr(model, "visual"):
         return _open_clip_image_tower(model)
@@ -109,9 +111,7 @@ def image_tower(model: nn.Module) -> Tower:
 
 def text_tower(model: nn.Module) -> Tower:
     """The text tower adapter of ``model`` (a ``torch.compile`` wrapper is explained through its original)."""
-    model = uncompiled(model)
-    if any(_is_compiled(sub) for sub in model.modules()):
-        raise _unsupported(model, "text")
+    model = uncompiled(model, "text")
     family = _family(model)
     if family == "open_clip" and type(model).__name__ in ("CLIP", "CustomTextCLIP", "CoCa"):
         return _open_clip_text_tower(model)

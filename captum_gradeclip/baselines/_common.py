@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
 from ..errors import LayerNotExecutedError
-from ..targets import target_columns as _target_columns
+from ..targets import single_input, target_columns as _target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 Hook = Tuple[nn.Module, str, Callable]  # (module, "pre" | "post", hook taking (module, args, kwargs[, output]))
@@ -283,17 +283,9 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         GradientAttribution.__init__(self, forward_func)
         self.tower: Tower = tower
 
-    @staticmethod
-    def _unpack(inputs: Union[Tensor, Tuple[Tensor, ...]]) -> Tuple[Tensor, bool]:
-        if isinstance(inputs, tuple):
-            if len(inputs) != 1:
-                raise ValueError(f"this method explains one input tensor; got a tuple of {len(inputs)}")
-            return inputs[0], True
-        return inputs, False
-
     def _run(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType,
              additional_forward_args: Any) -> Union[Tensor, Tuple[Tensor, ...]]:
-        x, is_tuple = self._unpack(inputs)
+        x, is_tuple = single_input(inputs, type(self).__name__)
         extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
         self.tower.validate(x, *extra)
         with torch.inference_mode(False):
