@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from . import image_io
+from .image_io import IMAGE_SUFFIXES
 
 
 class CLIError(Exception):
@@ -112,15 +113,12 @@ def load_hf(model_id: str, device: str) -> LoadedModel:
 
 # ------------------------------------------------------------------------------------------------- images
 def load_image(path: Path) -> "Any":
-    """A PIL RGB image, or a CLIError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-    if not path.exists():
-        raise CLIError(f"image not found: {path}")
+    """A PIL RGB image through the guarded loader (:func:`captum_gradeclip.image_io.load_image`), or a CLIError
+    naming the file and the reason."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise CLIError(f"cannot read image {path}: {err}") from None
+        return image_io.load_image(path)
+    except image_io.ImageLoadError as err:
+        raise CLIError(str(err)) from None
 
 
 def prepare_image(image: Any, size: int, patch: Optional[int], mode: str) -> torch.Tensor:
