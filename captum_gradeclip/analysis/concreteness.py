@@ -146,7 +146,9 @@ def rating_correlation(importance: Union[WordImportance, Mapping[str, float]], r
     Args:
         importance: a :class:`WordImportance` or a mapping word -> importance.
         ratings: word -> rating (see :func:`load_word_ratings`).
-        n_boot, level, seed: the bootstrap interval.
+        n_boot: bootstrap resamples.
+        level: coverage of the interval.
+        seed: seed of the resampling.
         min_words: fewest shared words accepted.
 
     Returns:

@@ -160,7 +160,8 @@ def cross_modal_correspondence(model: nn.Module, images: Tensor, texts: Any, obj
         object_masks: ``(N, M, H, W)`` bool masks of every object of each scene (all False for empty slots).
         object_words: for each caption, for each of the ``M`` object slots, the token positions of the words
             that name it (an empty list: the object is present but not named, or the slot is empty).
-        image_layers, text_layers: explained blocks (block modules or indices; default: GradECLIP's defaults).
+        image_layers: explained image blocks (block modules or indices; default: GradECLIP's default).
+        text_layers: explained text blocks (block modules or indices; default: GradECLIP's default).
         single_head: reproduce the authors' code.
 
     Returns:

@@ -47,7 +47,8 @@ def bootstrap_spearman(x: Tensor, y: Tensor, *, n_boot: int = 1000, level: float
     """Spearman's correlation and a percentile bootstrap interval (resampling the pairs).
 
     Args:
-        x, y: paired 1-D samples.
+        x: 1-D sample.
+        y: 1-D sample paired with ``x``.
         n_boot: bootstrap resamples.
         level: coverage of the interval.
         seed: seed of the resampling.
