@@ -324,6 +324,29 @@ def cmd_explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explain_dataset(args: argparse.Namespace) -> int:
+    try:
+        from .scale import ModelSpec, explain_dataset
+    except ImportError as err:
+        raise CLIError(f"explain-dataset needs Ray Data and pyarrow ({err}): pip install 'captum-gradeclip[scale]'")
+    model = ModelSpec(demo=args.demo, hf=args.hf, checkpoint=args.checkpoint, model=args.model,
+                      pretrained=args.pretrained)
+    arguments = {k: v for k, v in vars(args).items() if k != "func"}
+    summary = explain_dataset(
+        args.source, args.out, texts=args.text, model=model, layers=args.layers, single_head=args.single_head,
+        size=args.size, word_maps=args.word_maps, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
+        gpus_per_worker=args.gpus_per_worker, readers=args.readers, batch_size=args.batch_size,
+        images_per_file=args.images_per_file, address=args.address, max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes, image_column=args.image_column, caption_column=args.caption_column,
+        arguments=arguments)
+    for note in summary.notes:
+        print(note)
+    print(f"{summary.images} image(s) in {summary.files} file(s): {summary.files_skipped} file(s) already done, "
+          f"{summary.images_explained} image(s) explained now ({summary.pairs} map(s)); {summary.errors} error(s) "
+          f"in {summary.out / 'errors.jsonl'}; results in {summary.out / 'maps'}/")
+    return 0
+
+
 def cmd_demo(args: argparse.Namespace) -> int:
     from .data.shapes import generate_scenes
     args.device = _device(args.device)
@@ -349,29 +372,57 @@ def _objects(scene: Any) -> List[Tuple[str, str]]:
     return objs
 
 
+def add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model flags shared by ``explain`` and ``explain-dataset``: which model, which layers, which size."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
+    src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
+    src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
+    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    parser.add_argument("--pretrained", default="openai",
+                        help="open_clip pretrained tag (default: openai; 'none': random weights)")
+    parser.add_argument("--layers", type=int, default=None,
+                        help="number of last blocks to explain (default: 1 for images, 8 for text)")
+    parser.add_argument("--single-head", action="store_true", help="reproduce the authors' released code")
+    parser.add_argument("--size", choices=("native", "model"), default="native",
+                        help="native: keep the aspect ratio (default); model: centre crop to the model's size")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="gradeclip", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explain", help="explain images against prompts")
     ex.add_argument("images", nargs="+", help="image files or folders of images")
     ex.add_argument("--text", action="append", default=[], help="a prompt (repeat for several)")
-    src = ex.add_mutually_exclusive_group()
-    src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
-    src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
-    src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
-    ex.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
-    ex.add_argument("--pretrained", default="openai",
-                    help="open_clip pretrained tag (default: openai; 'none': random weights)")
+    add_model_arguments(ex)
     ex.add_argument("--explain", choices=("image", "text", "both"), default="both")
-    ex.add_argument("--layers", type=int, default=None,
-                    help="number of last blocks to explain (default: 1 for images, 8 for text)")
-    ex.add_argument("--single-head", action="store_true", help="reproduce the authors' released code")
-    ex.add_argument("--size", choices=("native", "model"), default="native",
-                    help="native: keep the aspect ratio (default); model: centre crop to the model's size")
     ex.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ex.add_argument("--batch-size", type=int, default=8, help="images of the same size explained together")
     ex.add_argument("--out", default="gradeclip_out", help="output folder (default: gradeclip_out)")
     ex.set_defaults(func=cmd_explain)
+    ds = sub.add_parser("explain-dataset", help="explain a whole dataset on Ray Data (Parquet output)")
+    ds.add_argument("source", help="a folder of images (recursive), a .csv/.parquet file of image paths (and "
+                                   "captions), or webdataset .tar shards (a file, a glob or data-{000..009}.tar)")
+    ds.add_argument("--out", required=True, help="output folder: Parquet files, manifest.json, errors.jsonl")
+    ds.add_argument("--text", action="append", default=[],
+                    help="a prompt every image is explained against (repeat; optional when the source has captions)")
+    add_model_arguments(ds)
+    ds.add_argument("--word-maps", action="store_true", help="also store each pair's word tokens and scores")
+    ds.add_argument("--workers", type=int, default=1, help="model workers (Ray actors; default 1)")
+    ds.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs and torch threads per worker (default 1)")
+    ds.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; above 0 runs on CUDA")
+    ds.add_argument("--readers", type=int, default=None, help="image decoding tasks at once (default 2 per worker)")
+    ds.add_argument("--address", default=None, help="a Ray cluster address (default: a local Ray for this run)")
+    ds.add_argument("--batch-size", type=int, default=8, help="images per worker call (default 8)")
+    ds.add_argument("--images-per-file", type=int, default=256,
+                    help="images per output file, the unit of resuming (default 256)")
+    ds.add_argument("--image-column", default=None, help="a table's image column (default: image, path, ...)")
+    ds.add_argument("--caption-column", default=None, help="a table's caption column (default: caption, text)")
+    ds.add_argument("--max-pixels", type=int, default=image_io.DEFAULT_MAX_PIXELS,
+                    help=f"refuse larger images, recorded as errors (default {image_io.DEFAULT_MAX_PIXELS:,})")
+    ds.add_argument("--max-bytes", type=int, default=image_io.DEFAULT_MAX_BYTES,
+                    help=f"refuse larger files, recorded as errors (default {image_io.DEFAULT_MAX_BYTES:,})")
+    ds.set_defaults(func=cmd_explain_dataset)
     demo = sub.add_parser("demo", help="run offline on the shipped shapes model and a generated scene")
     demo.add_argument("--out", default="gradeclip_demo", help="output folder (default: gradeclip_demo)")
     demo.add_argument("--seed", type=int, default=3, help="scene seed")

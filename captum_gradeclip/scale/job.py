@@ -1,0 +1,310 @@
+"""Explain a whole dataset on Ray Data: the driver of ``gradeclip explain-dataset``.
+
+The driver lists the source, reads the output folder's done-set, and streams the remaining images through
+two Ray Data stages: decoding in tasks (:func:`~captum_gradeclip.scale.workers.decode_batch`) and explaining in a
+pool of model actors (:class:`~captum_gradeclip.scale.workers.Explainer`). It gathers the results of each shard
+and writes the shard's Parquet file atomically as soon as the shard is complete (see
+:mod:`captum_gradeclip.scale.store`), so memory stays bounded by what is in flight and an interrupted job keeps
+every finished file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import math
+import platform
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence
+
+from .sources import Item, list_source
+from .store import OutputFolder, Shard, pairs_table, plan_shards
+from .workers import Explainer, decode_batch
+
+MANIFEST_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model to explain: the model flags of ``gradeclip explain``.
+
+    Attributes:
+        demo (bool): the shipped shapes model (offline).
+        hf (str, optional): a HuggingFace CLIP-family model id or local folder.
+        checkpoint (str, optional): an open_clip checkpoint file for ``model``.
+        model (str): an open_clip model name.
+        pretrained (str): an open_clip pretrained tag (``none``: random weights).
+    """
+
+    demo: bool = False
+    hf: Optional[str] = None
+    checkpoint: Optional[str] = None
+    model: str = "ViT-B-16"
+    pretrained: str = "openai"
+
+
+@dataclass
+class DatasetSummary:
+    """What a run of :func:`explain_dataset` did.
+
+    Attributes:
+        out (Path): the output folder.
+        images (int): images in the source.
+        files (int): Parquet files of the job (complete ones, after the run).
+        files_skipped (int): files that were already complete when the run started.
+        images_explained (int): images explained in this run (errors included).
+        pairs (int): (image, text) rows written in this run.
+        errors (int): images of the whole job that could not be explained (see ``errors.jsonl``).
+        seconds (float): wall time of the Ray part of this run (0 when there was nothing to do).
+        notes (list of str): what was cleaned up in the output folder before starting.
+    """
+
+    out: Path
+    images: int
+    files: int
+    files_skipped: int
+    images_explained: int = 0
+    pairs: int = 0
+    errors: int = 0
+    seconds: float = 0.0
+    notes: List[str] = field(default_factory=list)
+
+
+def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: ModelSpec = ModelSpec(),
+                    layers: Optional[int] = None, single_head: bool = False, size: str = "native",
+                    word_maps: bool = False, workers: int = 1, cpus_per_worker: int = 1,
+                    gpus_per_worker: float = 0, readers: Optional[int] = None, batch_size: int = 8,
+                    images_per_file: int = 256, address: Optional[str] = None, max_pixels: Optional[int] = None,
+                    max_bytes: Optional[int] = None, image_column: Optional[str] = None,
+                    caption_column: Optional[str] = None, progress: bool = True,
+                    on_file_written: Optional[Callable[[Path], None]] = None,
+                    arguments: Optional[Dict[str, Any]] = None) -> DatasetSummary:
+    """Grad-ECLIP maps of every (image, text) pair of a dataset, written as Parquet under ``out``.
+
+    Runs on the Ray instance this process is connected to, else on the cluster at ``address``, else on an
+    embedded local Ray started (and stopped) for the call. Re-running the same call on the same ``out`` is
+    idempotent and resumes an interrupted run; a folder holding a different job is refused.
+
+    Args:
+        source: a folder, a CSV/Parquet table of image paths (with optional captions) or webdataset ``.tar``
+            shards; see :func:`captum_gradeclip.scale.list_source`.
+        out (str or Path): the output folder (see :mod:`captum_gradeclip.scale.store` for its layout).
+        texts (sequence of str): prompts every image is explained against, before its own captions.
+        model (ModelSpec): the model. Default: open_clip ViT-B-16, OpenAI weights.
+        layers (int, optional): explain the last ``layers`` blocks (default: the last one for images, 8 for
+            word maps).
+        single_head (bool): reproduce the authors' released code. Default: False
+        size (str): ``native`` (keep the aspect ratio) or ``model`` (centre crop); as ``gradeclip explain``.
+        word_maps (bool): add each pair's word tokens and scores. Default: False
+        workers (int): model actors. Default: 1
+        cpus_per_worker (int): CPUs reserved by each actor, and its torch threads. Default: 1
+        gpus_per_worker (float): GPUs per actor; above 0 the actors run on CUDA. Default: 0
+        readers (int, optional): decoding tasks running at once (they reserve no CPU). Default: 2 per worker.
+        batch_size (int): images per actor call. Default: 8
+        images_per_file (int): images per output file, the unit of resuming. Default: 256
+        address (str, optional): a Ray cluster address (``ray start --head`` prints it; ``auto``).
+        max_pixels (int, optional), max_bytes (int, optional): refuse larger images (recorded as errors).
+            Default: the limits of :func:`captum_gradeclip.image_io.load_image`.
+        image_column (str, optional), caption_column (str, optional): a table source's columns.
+        progress (bool): show a progress bar. Default: True
+        on_file_written (callable, optional): called with the path of each file once it is written.
+        arguments (dict, optional): recorded in the manifest as the command's arguments.
+
+    Returns:
+        DatasetSummary: counts and timing of the run.
+
+    Raises:
+        ValueError: bad arguments, an unusable source (:class:`~captum_gradeclip.scale.SourceError`) or an
+            output folder of another job (:class:`~captum_gradeclip.scale.OutputFolderError`); raised before
+            anything is written.
+
+    Examples::
+
+        >>> from captum_gradeclip.scale import ModelSpec, explain_dataset, read_results
+        >>> summary = explain_dataset("photos/", "maps_out", texts=["a dog", "a cat"], workers=2)
+        >>> table = read_results("maps_out")            # image, text, score, map, map_shape
+    """
+    from ..image_io import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+    max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
+    max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
+    prompts = [t.strip() for t in texts]
+    _check_arguments(prompts, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
+                     readers=readers, batch_size=batch_size, images_per_file=images_per_file, layers=layers,
+                     size=size, max_pixels=max_pixels, max_bytes=max_bytes)
+    items = list_source(source, image_column=image_column, caption_column=caption_column)
+    if not prompts and not any(it.captions for it in items):
+        raise ValueError("give at least one prompt with --text: the source has no captions")
+    folder = OutputFolder(out)
+    job = {"source": _source_id(source), "model": asdict(model), "texts": prompts, "layers": layers,
+           "single_head": single_head, "size": size, "word_maps": word_maps, "images_per_file": images_per_file,
+           "max_pixels": max_pixels, "max_bytes": max_bytes, "image_column": image_column,
+           "caption_column": caption_column}
+    folder.check_job(job)
+    described = _describe_model(model, prompts)  # loads the model once here: bad flags fail before any work
+    shards = plan_shards(items, images_per_file)
+    manifest = {"format": MANIFEST_FORMAT, "job": job, **described, "versions": _versions(),
+                "arguments": arguments or {}, "status": "running", "images": len(items), "files": len(shards)}
+    folder.write_manifest(manifest)
+    pending, notes = folder.pending(shards)
+    summary = DatasetSummary(out=folder.root, images=len(items), files=len(shards),
+                             files_skipped=len(shards) - len(pending), notes=notes)
+    status = "interrupted"
+    try:
+        if pending:
+            _run(pending, folder, summary, prompts=prompts, model=model, layers=layers, single_head=single_head,
+                 size=size, word_maps=word_maps, workers=workers, cpus_per_worker=cpus_per_worker,
+                 gpus_per_worker=gpus_per_worker, readers=readers, batch_size=batch_size, address=address,
+                 max_pixels=max_pixels, max_bytes=max_bytes, image_size=described["image_size"],
+                 patch=described["patch"], progress=progress, on_file_written=on_file_written)
+        status = "complete"
+    finally:
+        summary.errors = len(folder.collect_errors())
+        manifest.update(status=status, errors=summary.errors,
+                        finished=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        folder.write_manifest(manifest)
+    return summary
+
+
+# ------------------------------------------------------------------------------------------------------ checks
+def _check_arguments(prompts: List[str], **kw: Any) -> None:
+    if any(not p for p in prompts):
+        raise ValueError("empty prompt: every --text needs some words")
+    for name in ("workers", "cpus_per_worker", "batch_size", "images_per_file", "max_pixels", "max_bytes"):
+        if not isinstance(kw[name], int) or kw[name] < 1:
+            raise ValueError(f"{name.replace('_', '-')} must be a positive whole number, got {kw[name]!r}")
+    if kw["readers"] is not None and (not isinstance(kw["readers"], int) or kw["readers"] < 1):
+        raise ValueError(f"readers must be a positive whole number, got {kw['readers']!r}")
+    if kw["gpus_per_worker"] < 0:
+        raise ValueError(f"gpus-per-worker must be 0 (CPU) or more, got {kw['gpus_per_worker']!r}")
+    if kw["layers"] is not None and kw["layers"] < 1:
+        raise ValueError(f"layers must be a positive number of blocks, got {kw['layers']}")
+    if kw["size"] not in ("native", "model"):
+        raise ValueError(f"size must be 'native' or 'model', got {kw['size']!r}")
+
+
+def _source_id(source: Any) -> str:
+    text = str(source)
+    path = Path(text)
+    return str(path.resolve()) if path.exists() else str(Path(text).absolute())
+
+
+def _describe_model(model: ModelSpec, prompts: List[str]) -> Dict[str, Any]:
+    """Load the model on the CPU of the driver: its name, image size and patch size (which the decoding tasks
+    need), and a check that every prompt can be tokenized."""
+    from ..adapters import image_tower
+    from ..cli import _load
+    lm = _load(argparse.Namespace(device="cpu", **asdict(model)))
+    if prompts:
+        lm.tokenize(prompts)  # raises ValueError naming the unknown words (the shapes model's vocabulary)
+    patch = getattr(image_tower(lm.model), "patch", (None,))[0]
+    return {"model_name": lm.name, "image_size": int(lm.image_size), "patch": None if patch is None else int(patch)}
+
+
+def _versions() -> Dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+    out = {"python": platform.python_version()}
+    for dist in ("captum-gradeclip", "torch", "captum", "open_clip_torch", "transformers", "ray", "pyarrow"):
+        try:
+            out[dist] = version(dist)
+        except PackageNotFoundError:
+            continue
+    return out
+
+
+# ------------------------------------------------------------------------------------------------------- Ray
+def _start_ray(address: Optional[str]) -> bool:
+    """Connect to Ray unless this process already is; True when this call started it (and must stop it)."""
+    import ray
+    if ray.is_initialized():
+        return False
+    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
+             configure_logging=True)
+    return True
+
+
+def _check_resources(workers: int, cpus_per_worker: int, gpus_per_worker: float, local: bool) -> None:
+    import ray
+    have = ray.cluster_resources()
+    need = {"CPU": workers * cpus_per_worker, "GPU": workers * gpus_per_worker}
+    short = [f"{need[k]:g} {k}s (the cluster has {have.get(k, 0):g})" for k in need
+             if need[k] and need[k] > have.get(k, 0)]
+    if short:
+        message = f"{workers} worker(s) need " + " and ".join(short)
+        if local:
+            raise ValueError(message + ": lower --workers, --cpus-per-worker or --gpus-per-worker")
+        logging.getLogger(__name__).warning("%s; waiting for the cluster to provide them", message)
+
+
+def _rows(pending: Sequence[Shard]) -> List[Dict[str, Any]]:
+    rows = []
+    for shard in pending:
+        for index, item in enumerate(shard.items):
+            rows.append(_row(shard.index, index, item))
+    return rows
+
+
+def _row(shard: int, index: int, item: Item) -> Dict[str, Any]:
+    return {"shard": shard, "index": index, "key": item.key, "path": item.path, "captions": list(item.captions),
+            "offset": item.offset, "size": item.size}
+
+
+def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary, *, prompts: List[str],
+         model: ModelSpec, layers: Optional[int], single_head: bool, size: str, word_maps: bool, workers: int,
+         cpus_per_worker: int, gpus_per_worker: float, readers: Optional[int], batch_size: int,
+         address: Optional[str], max_pixels: int, max_bytes: int, image_size: int, patch: Optional[int],
+         progress: bool, on_file_written: Optional[Callable[[Path], None]]) -> None:
+    import ray
+    import ray.data
+    from tqdm.auto import tqdm
+    started = _start_ray(address)
+    try:
+        _check_resources(workers, cpus_per_worker, gpus_per_worker, local=started and address is None)
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False  # one bar, ours, counting images
+        ctx.print_on_execution_start = False
+        rows = _rows(pending)
+        blocks = max(1, min(len(rows), math.ceil(len(rows) / batch_size), 4096))
+        ds = ray.data.from_items(rows, override_num_blocks=blocks)
+        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
+                            compute=ray.data.TaskPoolStrategy(size=readers or 2 * workers),
+                            fn_kwargs=dict(image_size=image_size, patch=patch, mode=size, max_pixels=max_pixels,
+                                           max_bytes=max_bytes))
+        gpu = gpus_per_worker > 0
+        ds = ds.map_batches(Explainer, batch_size=batch_size, batch_format="pyarrow",
+                            compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
+                            num_gpus=gpus_per_worker if gpu else None,
+                            fn_constructor_kwargs=dict(model_args=asdict(model), prompts=prompts, layers=layers,
+                                                       single_head=single_head, word_maps=word_maps,
+                                                       device="cuda" if gpu else "cpu", threads=cpus_per_worker))
+        by_index = {s.index: s for s in pending}
+        received: Dict[int, Dict[int, Dict[str, Any]]] = {}
+        start = time.perf_counter()
+        with tqdm(total=len(rows), disable=not progress, desc="explaining", unit="image") as bar:
+            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                for row in batch.to_pylist():
+                    if row["shard"] not in by_index:
+                        continue  # a retried batch of a shard already written
+                    got = received.setdefault(row["shard"], {})
+                    if row["index"] not in got:
+                        bar.update(1)
+                    got[row["index"]] = row  # a retry can only replace a row, never add one
+                    shard = by_index[row["shard"]]
+                    if len(got) == len(shard.items):
+                        table, errors = pairs_table([got[i] for i in range(len(shard.items))], word_maps)
+                        path = folder.write_part(shard, table, errors)
+                        summary.images_explained += len(shard.items)
+                        summary.pairs += table.num_rows
+                        del received[shard.index], by_index[shard.index]
+                        if on_file_written is not None:
+                            on_file_written(path)
+        summary.seconds = time.perf_counter() - start
+        if by_index:
+            missing = sum(len(s.items) - len(received.get(s.index, {})) for s in by_index.values())
+            raise RuntimeError(f"Ray returned no result for {missing} image(s) of {len(by_index)} file(s); the "
+                               "finished files are kept: run the same command again to resume")
+    finally:
+        if started:
+            ray.shutdown()
