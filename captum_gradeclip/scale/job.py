@@ -269,7 +269,7 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
         blocks = max(1, min(len(rows), math.ceil(len(rows) / batch_size), 4096))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
-                            compute=ray.data.TaskPoolStrategy(size=readers or 2 * workers),
+                            compute=ray.data.TaskPoolStrategy(size=min(readers or 2 * workers, blocks)),
                             fn_kwargs=dict(image_size=image_size, patch=patch, mode=size, max_pixels=max_pixels,
                                            max_bytes=max_bytes))
         gpu = gpus_per_worker > 0
