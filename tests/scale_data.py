@@ -3,11 +3,7 @@
 from pathlib import Path
 from typing import Dict, List
 
-import numpy as np
 from PIL import Image
-
-COLOURS_SHAPES = ("a red circle", "a blue square", "a green triangle")
-
 
 def write_scenes(root: Path, count: int, seed: int = 0, nested: bool = True) -> List[Path]:
     """``count`` shapes scenes under ``root`` (every other one in ``sub/``, PNG there, JPEG at the top; every

@@ -21,7 +21,8 @@ PROMPTS = ["a red circle", "a blue square"]
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning", log_to_driver=bool(os.environ.get("SCALE_LOG")))
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning",
+             log_to_driver=bool(os.environ.get("SCALE_LOG")))
     yield
     ray.shutdown()
 
@@ -36,7 +37,8 @@ def folder(tmp_path_factory):
 
 def _argv(folder, out):
     return ["explain-dataset", str(folder), "--out", str(out), "--demo", "--text", PROMPTS[0], "--text",
-            PROMPTS[1], "--word-maps", "--workers", "2", "--readers", "1", "--batch-size", "2", "--images-per-file", "3"]
+            PROMPTS[1], "--word-maps", "--workers", "2", "--readers", "1", "--batch-size", "2",
+            "--images-per-file", "3"]
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +146,24 @@ def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(local_ray,
 
     out = tmp_path / "out"
     summary = explain_dataset(source, out, texts=["a red circle"], model=ModelSpec(demo=True), workers=2,
-                              readers=1, batch_size=1, images_per_file=2, progress=False, on_file_written=kill_one_worker)
+                              readers=1, batch_size=1, images_per_file=2, progress=False,
+                              on_file_written=kill_one_worker)
     assert killed and summary.files == 8 and summary.images_explained == 16 and summary.errors == 0
     rows = read_results(out).to_pylist()
     assert sorted(r["image"] for r in rows) == sorted(f"scene{i:03d}.{'png' if i % 2 else 'jpg'}" for i in range(16))
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda argv, tmp: argv.__setitem__(1, str(tmp / "missing")), "dataset source not found"),
+    (lambda argv, tmp: argv.__setitem__(argv.index("--workers") + 1, "0"), "workers must be a positive"),
+    (lambda argv, tmp: argv.__setitem__(argv.index(PROMPTS[0]), "a purple elephant"), "unknown word"),
+    (lambda argv, tmp: argv.__setitem__(argv.index(PROMPTS[0]), " "), "empty prompt"),
+])
+def test_bad_input_is_one_line_and_leaves_nothing(folder, tmp_path, capsys, change, message):
+    out = tmp_path / "out"
+    argv = _argv(folder, out)
+    change(argv, tmp_path)
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("gradeclip: error:") and message in err[0]
+    assert not out.exists()

@@ -105,7 +105,8 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
         readers (int, optional): decoding tasks running at once (they reserve no CPU). Default: 2 per worker.
         batch_size (int): images per actor call. Default: 8
         images_per_file (int): images per output file, the unit of resuming. Default: 256
-        address (str, optional): a Ray cluster address (``ray start --head`` prints it; ``auto``).
+        address (str, optional): a Ray cluster address (``HOST:6379`` as ``ray start --head`` prints it, or
+            ``auto``). Default: a local Ray started for the call, unless this process is connected to one.
         max_pixels (int, optional), max_bytes (int, optional): refuse larger images (recorded as errors).
             Default: the limits of :func:`captum_gradeclip.image_io.load_image`.
         image_column (str, optional), caption_column (str, optional): a table source's columns.
@@ -151,7 +152,7 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
     pending, notes = folder.pending(shards)
     summary = DatasetSummary(out=folder.root, images=len(items), files=len(shards),
                              files_skipped=len(shards) - len(pending), notes=notes)
-    status = "interrupted"
+    status = "failed"
     try:
         if pending:
             _run(pending, folder, summary, prompts=prompts, model=model, layers=layers, single_head=single_head,
@@ -160,6 +161,9 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
                  max_pixels=max_pixels, max_bytes=max_bytes, image_size=described["image_size"],
                  patch=described["patch"], progress=progress, on_file_written=on_file_written)
         status = "complete"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
     finally:
         summary.errors = len(folder.collect_errors())
         manifest.update(status=status, errors=summary.errors,
@@ -216,12 +220,13 @@ def _versions() -> Dict[str, str]:
 
 # ------------------------------------------------------------------------------------------------------- Ray
 def _start_ray(address: Optional[str]) -> bool:
-    """Connect to Ray unless this process already is; True when this call started it (and must stop it)."""
+    """Connect to Ray unless this process already is; True when this call started it (and must stop it).
+    Without an address a new local instance is started, never one that happens to run on the machine."""
     import ray
     if ray.is_initialized():
         return False
-    ray.init(address=address, include_dashboard=False, logging_level=logging.WARNING, log_to_driver=True,
-             configure_logging=True)
+    ray.init(address=address or "local", include_dashboard=False, logging_level=logging.WARNING,
+             log_to_driver=True)
     return True
 
 

@@ -1,0 +1,140 @@
+"""Throughput of ``gradeclip explain-dataset``: in-process against Ray Data with 1 and 2 workers, one run.
+
+The same images (shapes scenes saved as 256 x 256 JPEG files) and prompts are explained three ways, each with one
+torch thread per model:
+
+* in-process: one loop that loads, prepares and explains batches with ``cli.explain_images`` (the model loaded
+  beforehand, not timed);
+* Ray, 1 worker and 2 workers: :func:`captum_gradeclip.scale.explain_dataset` on a local Ray (decoding in Ray
+  tasks, the model in actors of 1 CPU each), Parquet files written.
+
+For Ray two rates are printed: over the whole call (actor start-up and model loading included, which a large
+dataset amortises) and steady: the marginal rate ``(N - N/4) / (T(N) - T(N/4))`` from a second call on the first
+quarter of the images, which cancels the start-up. Goals on a 2-core machine: Ray with 1 worker >= 0.85x
+in-process (the engine's overhead), 2 workers >= 1.6x 1 worker (steady rates).
+
+    python benchmarks/scale.py                           # open_clip ViT-B-32, random weights, 64 images
+    python benchmarks/scale.py --demo --images 32        # the shipped shapes model (overhead-bound: tiny model)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Dict, List
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from captum_gradeclip.cli import _load, explain_images, prepare_image  # noqa: E402
+from captum_gradeclip.image_io import load_image  # noqa: E402
+
+
+def write_images(folder: Path, count: int) -> List[Path]:
+    """``count`` shapes scenes as 256 x 256 JPEG files."""
+    from PIL import Image
+
+    from captum_gradeclip.data.shapes import generate_scenes
+    scenes = generate_scenes(count, image_size=64, num_objects=3, seed=11)
+    paths = []
+    for i in range(count):
+        array = (scenes.images[i].permute(1, 2, 0).numpy() * 255).round().astype("uint8")
+        path = folder / f"img{i:04d}.jpg"
+        Image.fromarray(array).resize((256, 256), Image.BICUBIC).save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def in_process(args: argparse.Namespace, paths: List[Path], prompts: List[str]) -> Dict[str, float]:
+    from captum_gradeclip.adapters import image_tower
+    torch.set_num_threads(1)
+    lm = _load(model_namespace(args))
+    patch = getattr(image_tower(lm.model), "patch", (None,))[0]
+    start = time.perf_counter()
+    for i in range(0, len(paths), args.batch_size):
+        batch = torch.stack([prepare_image(load_image(p), lm.image_size, patch, args.size)
+                             for p in paths[i:i + args.batch_size]])
+        explain_images(lm, batch, prompts, explain="image", layers=None, single_head=False, device="cpu")
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rate": len(paths) / seconds, "steady": len(paths) / seconds}
+
+
+def on_ray(args: argparse.Namespace, folders: Dict[int, Path], out: Path, prompts: List[str],
+           workers: int) -> Dict[str, float]:
+    """Whole-call and marginal rates of ``explain_dataset`` on ``folders[N]`` and ``folders[N // 4]``."""
+    from captum_gradeclip.scale import ModelSpec, explain_dataset
+    spec = ModelSpec(demo=args.demo, model=args.model, pretrained=args.pretrained)
+    seconds = {}
+    for count, folder in folders.items():
+        start = time.perf_counter()
+        summary = explain_dataset(folder, out / str(count), texts=prompts, model=spec, size=args.size,
+                                  workers=workers, cpus_per_worker=1, batch_size=args.batch_size,
+                                  images_per_file=args.batch_size, progress=False)
+        seconds[count] = time.perf_counter() - start
+        assert summary.images_explained == count and summary.errors == 0, summary
+    big, small = max(seconds), min(seconds)
+    return {"seconds": seconds[big], "rate": big / seconds[big],
+            "steady": (big - small) / max(seconds[big] - seconds[small], 1e-9)}
+
+
+def model_namespace(args: argparse.Namespace) -> argparse.Namespace:
+    return argparse.Namespace(device="cpu", demo=args.demo, hf=None, checkpoint=None, model=args.model,
+                              pretrained=args.pretrained)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="ViT-B-32")
+    parser.add_argument("--pretrained", default="none", help="open_clip tag (default: none, random weights)")
+    parser.add_argument("--demo", action="store_true", help="the shipped shapes model instead")
+    parser.add_argument("--images", type=int, default=64, help="at least 8 (a quarter is the short run)")
+    parser.add_argument("--texts", type=int, default=2, help="prompts per image")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--size", choices=("native", "model"), default="model")
+    args = parser.parse_args()
+    import ray
+    prompts = ["a red circle", "a blue square", "a green triangle", "a yellow cross", "a cyan circle"]
+    prompts = (prompts * (args.texts // len(prompts) + 1))[:args.texts]
+    with tempfile.TemporaryDirectory() as tmp:
+        folder, head = Path(tmp) / "images", Path(tmp) / "head"
+        folder.mkdir()
+        head.mkdir()
+        paths = write_images(folder, args.images)
+        for p in paths[:args.images // 4]:
+            (head / p.name).symlink_to(p)
+        folders = {args.images: folder, args.images // 4: head}
+        name = "shapes demo" if args.demo else f"{args.model} ({args.pretrained})"
+        print(f"{args.images} images, {args.texts} prompt(s), batch {args.batch_size}, {name}, "
+              f"{os.cpu_count()} CPU(s), torch {torch.__version__}, ray {ray.__version__}")
+        rows = {"in-process": in_process(args, paths, prompts)}
+        t = time.perf_counter()
+        ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, logging_level="warning",
+                 log_to_driver=False)
+        print(f"ray.init: {time.perf_counter() - t:.1f} s (not counted)")
+        try:
+            for workers in (1, 2):
+                rows[f"ray, {workers} worker(s)"] = on_ray(args, folders, Path(tmp) / f"out{workers}", prompts,
+                                                           workers)
+        finally:
+            ray.shutdown()
+    base, one = rows["in-process"], rows["ray, 1 worker(s)"]
+    print(f"\n{'mode':<18}{'wall s':>8}{'images/s':>10}{'maps/s':>9}{'steady img/s':>14}{'steady maps/s':>15}"
+          f"{'x in-process':>14}{'x 1 worker':>12}")
+    for mode, r in rows.items():
+        print(f"{mode:<18}{r['seconds']:>8.1f}{r['rate']:>10.2f}{r['rate'] * args.texts:>9.2f}{r['steady']:>14.2f}"
+              f"{r['steady'] * args.texts:>15.2f}{r['steady'] / base['steady']:>14.2f}"
+              f"{r['steady'] / one['steady']:>12.2f}")
+    print(f"\ngoal: ray 1 worker / in-process >= 0.85: {one['steady'] / base['steady']:.2f} (steady), "
+          f"{one['rate'] / base['rate']:.2f} (whole call)")
+    two = rows["ray, 2 worker(s)"]
+    print(f"goal: ray 2 workers / 1 worker >= 1.6: {two['steady'] / one['steady']:.2f} (steady), "
+          f"{two['rate'] / one['rate']:.2f} (whole call)")
+
+
+if __name__ == "__main__":
+    main()
