@@ -325,20 +325,20 @@ def cmd_explain(args: argparse.Namespace) -> int:
 
 
 def cmd_explain_dataset(args: argparse.Namespace) -> int:
+    from .scale import ModelSpec, explain_dataset, require_scale_packages
     try:
-        from .scale import ModelSpec, explain_dataset
+        require_scale_packages()
     except ImportError as err:
-        raise CLIError(f"explain-dataset needs Ray Data and pyarrow ({err}): pip install 'captum-gradeclip[scale]'")
+        raise CLIError(str(err)) from None
     model = ModelSpec(demo=args.demo, hf=args.hf, checkpoint=args.checkpoint, model=args.model,
                       pretrained=args.pretrained)
-    arguments = {k: v for k, v in vars(args).items() if k != "func"}
     summary = explain_dataset(
         args.source, args.out, texts=args.text, model=model, layers=args.layers, single_head=args.single_head,
         size=args.size, word_maps=args.word_maps, workers=args.workers, cpus_per_worker=args.cpus_per_worker,
         gpus_per_worker=args.gpus_per_worker, readers=args.readers, batch_size=args.batch_size,
         images_per_file=args.images_per_file, address=args.address, max_pixels=args.max_pixels,
         max_bytes=args.max_bytes, image_column=args.image_column, caption_column=args.caption_column,
-        arguments=arguments)
+        arguments={k: v for k, v in vars(args).items() if k != "func"})
     for note in summary.notes:
         print(note)
     print(f"{summary.images} image(s) in {summary.files} file(s): {summary.files_skipped} file(s) already done, "

@@ -167,3 +167,12 @@ def test_bad_input_is_one_line_and_leaves_nothing(folder, tmp_path, capsys, chan
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("gradeclip: error:") and message in err[0]
     assert not out.exists()
+
+
+def test_missing_ray_names_the_extra(folder, tmp_path, capsys, monkeypatch):
+    import importlib.util
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "ray" else real(name, *a))
+    assert main(_argv(folder, tmp_path / "out")) == 2
+    assert "pip install 'captum-gradeclip[scale]'" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -8,9 +8,9 @@
 * :mod:`~captum_gradeclip.scale.job`: the driver, :func:`explain_dataset`.
 """
 
-from .job import DatasetSummary, ModelSpec, explain_dataset
+from .job import DatasetSummary, ModelSpec, explain_dataset, require_scale_packages
 from .sources import Item, SourceError, list_source
 from .store import OutputFolderError, read_results
 
 __all__ = ["DatasetSummary", "Item", "ModelSpec", "OutputFolderError", "SourceError", "explain_dataset",
-           "list_source", "read_results"]
+           "list_source", "read_results", "require_scale_packages"]

@@ -118,6 +118,7 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
         DatasetSummary: counts and timing of the run.
 
     Raises:
+        ImportError: Ray Data or pyarrow is not installed (the ``scale`` extra).
         ValueError: bad arguments, an unusable source (:class:`~captum_gradeclip.scale.SourceError`) or an
             output folder of another job (:class:`~captum_gradeclip.scale.OutputFolderError`); raised before
             anything is written.
@@ -129,6 +130,7 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
         >>> table = read_results("maps_out")            # image, text, score, map, map_shape
     """
     from ..image_io import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+    require_scale_packages()
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     prompts = [t.strip() for t in texts]
@@ -173,6 +175,16 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
 
 
 # ------------------------------------------------------------------------------------------------------ checks
+def require_scale_packages() -> None:
+    """Raise an ``ImportError`` naming the install command when Ray Data or pyarrow is missing."""
+    import importlib.util
+    missing = [name for name in ("ray", "pyarrow") if importlib.util.find_spec(name) is None]
+    if not missing and importlib.util.find_spec("ray.data") is None:
+        missing = ["ray[data]"]
+    if missing:
+        raise ImportError(f"dataset jobs need {' and '.join(missing)}: pip install 'captum-gradeclip[scale]'")
+
+
 def _check_arguments(prompts: List[str], **kw: Any) -> None:
     if any(not p for p in prompts):
         raise ValueError("empty prompt: every --text needs some words")
