@@ -9,12 +9,12 @@ torch thread per model:
   tasks, the model in actors of 1 CPU each), Parquet files written.
 
 For Ray two rates are printed: over the whole call (actor start-up and model loading included, which a large
-dataset amortises) and steady: the marginal rate ``(N - N/4) / (T(N) - T(N/4))`` from a second call on the first
-quarter of the images, which cancels the start-up. Goals on a 2-core machine: Ray with 1 worker >= 0.85x
+dataset amortises) and steady: the marginal rate ``(N - n) / (T(N) - T(n))`` from a second call on the first
+``n = N / 8`` images, which cancels the start-up. Goals on a 2-core machine: Ray with 1 worker >= 0.85x
 in-process (the engine's overhead), 2 workers >= 1.6x 1 worker (steady rates).
 
-    python benchmarks/scale.py                           # open_clip ViT-B-32, random weights, 64 images
-    python benchmarks/scale.py --demo --images 32        # the shipped shapes model (overhead-bound: tiny model)
+    python benchmarks/scale.py                           # open_clip ViT-B-32, random weights, 128 images
+    python benchmarks/scale.py --demo --images 64        # the shipped shapes model (overhead-bound: tiny model)
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ def in_process(args: argparse.Namespace, paths: List[Path], prompts: List[str]) 
 
 def on_ray(args: argparse.Namespace, folders: Dict[int, Path], out: Path, prompts: List[str],
            workers: int) -> Dict[str, float]:
-    """Whole-call and marginal rates of ``explain_dataset`` on ``folders[N]`` and ``folders[N // 4]``."""
+    """Whole-call and marginal rates of ``explain_dataset`` on ``folders[N]`` and ``folders[n]``."""
     from captum_gradeclip.scale import ModelSpec, explain_dataset
     spec = ModelSpec(demo=args.demo, model=args.model, pretrained=args.pretrained)
     seconds = {}
@@ -92,11 +92,14 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B-32")
     parser.add_argument("--pretrained", default="none", help="open_clip tag (default: none, random weights)")
     parser.add_argument("--demo", action="store_true", help="the shipped shapes model instead")
-    parser.add_argument("--images", type=int, default=64, help="at least 8 (a quarter is the short run)")
+    parser.add_argument("--images", type=int, default=128,
+                        help="images of the long run; the short run has an eighth of them (at least one batch)")
     parser.add_argument("--texts", type=int, default=2, help="prompts per image")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--size", choices=("native", "model"), default="model")
     args = parser.parse_args()
+    if args.images < 2 * args.batch_size:
+        parser.error(f"--images must be at least twice --batch-size ({2 * args.batch_size})")
     import ray
     prompts = ["a red circle", "a blue square", "a green triangle", "a yellow cross", "a cyan circle"]
     prompts = (prompts * (args.texts // len(prompts) + 1))[:args.texts]
@@ -105,9 +108,10 @@ def main() -> None:
         folder.mkdir()
         head.mkdir()
         paths = write_images(folder, args.images)
-        for p in paths[:args.images // 4]:
+        small = max(args.batch_size, args.images // 8)
+        for p in paths[:small]:
             (head / p.name).symlink_to(p)
-        folders = {args.images: folder, args.images // 4: head}
+        folders = {args.images: folder, small: head}
         name = "shapes demo" if args.demo else f"{args.model} ({args.pretrained})"
         print(f"{args.images} images, {args.texts} prompt(s), batch {args.batch_size}, {name}, "
               f"{os.cpu_count()} CPU(s), torch {torch.__version__}, ray {ray.__version__}")
