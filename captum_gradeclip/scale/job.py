@@ -277,11 +277,12 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
     import ray.data
     from tqdm.auto import tqdm
     started = _start_ray(address)
+    ctx = ray.data.DataContext.get_current()
+    saved = {k: getattr(ctx, k) for k in ("enable_progress_bars", "print_on_execution_start") if hasattr(ctx, k)}
     try:
         _check_resources(workers, cpus_per_worker, gpus_per_worker, local=started and address is None)
-        ctx = ray.data.DataContext.get_current()
-        ctx.enable_progress_bars = False  # one bar, ours, counting images
-        ctx.print_on_execution_start = False
+        for k in saved:  # one progress bar, ours, counting images; restored below
+            setattr(ctx, k, False)
         rows = _rows(pending)
         blocks = max(1, min(len(rows), math.ceil(len(rows) / batch_size), 4096))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
@@ -323,5 +324,7 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
             raise RuntimeError(f"Ray returned no result for {missing} image(s) of {len(by_index)} file(s); the "
                                "finished files are kept: run the same command again to resume")
     finally:
+        for k, v in saved.items():
+            setattr(ctx, k, v)
         if started:
             ray.shutdown()
