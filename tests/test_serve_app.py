@@ -143,3 +143,20 @@ def test_queue_limit_refuses_extra_requests(tmp_path):
     finally:
         app.close()
         service.close()
+
+
+def test_latency_benchmark_runs(tmp_path, capsys):
+    import json
+    import os
+    import sys
+    benchmarks = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "benchmarks")
+    sys.path.insert(0, benchmarks)
+    try:
+        import serve_latency
+    finally:
+        sys.path.remove(benchmarks)
+    out = tmp_path / "latency.json"
+    rows = serve_latency.main(["--requests", "4", "--warmup", "0", "--out", str(out)])
+    assert [r["case"] for r in rows] == ["service", "http", "http x4 (all 4 back)", "http x4 (per request)"]
+    assert all(0 < r["median_s"] <= r["p90_s"] <= r["max_s"] for r in rows)
+    assert json.loads(out.read_text())["rows"] == rows and "median s" in capsys.readouterr().out

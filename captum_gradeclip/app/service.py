@@ -293,6 +293,21 @@ class ExplainService:
         Image.fromarray(arr).save(path)
         return path
 
+    def save_png(self, image: Any, stem: str, max_side: Optional[int] = None) -> Path:
+        """An ``(H, W, 3)`` ``uint8`` array or a PIL image as a new PNG file (shrunk to ``max_side`` if given).
+
+        The web app hands files, not arrays, to Gradio: Gradio stores a returned file under a name derived from
+        its content and publishes it atomically, so concurrent users who get identical pictures never download a
+        half-written one.
+        """
+        from PIL import Image
+        pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image.copy()
+        if max_side is not None:
+            pil.thumbnail((max_side, max_side))
+        path = self._new_file(stem, ".png")
+        pil.save(path)
+        return path
+
     def save_maps(self, result: ExplainResult) -> Path:
         """The raw maps of a result as a new .npz file (see :func:`captum_gradeclip.cli.save_maps`); its path."""
         return save_maps(result.explanation, self._new_file("gradeclip_maps", ".npz"))

@@ -24,6 +24,7 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 DEFAULT_PROMPTS = "a red circle\na blue square\na green triangle"
+PREVIEW_SIDE = 512  # the preview of an upload is a PNG thumbnail of what the guarded loader decoded
 
 
 def _guarded(call: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -62,31 +63,33 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
     """
     limits = service.limits
 
-    def show(image: Optional[str]) -> Any:
+    def show(image: Optional[str]) -> Optional[str]:
         if image is None:
             return None
-        return _guarded(service.load_image, image)
+        return str(_guarded(service.save_png, _guarded(service.load_image, image), "preview", max_side=PREVIEW_SIDE))
 
-    def draw() -> Tuple[str, Any]:
+    def draw() -> Tuple[str, str]:
         path = str(service.draw_scene())
-        return path, _guarded(service.load_image, path)
+        return path, show(path)
 
     def explain(image: Optional[str], prompts: str, layers: float = 0, single_head: bool = False,
-                size: str = "native") -> Tuple[List[Tuple[np.ndarray, str]], str, str, str]:
+                size: str = "native") -> Tuple[List[Tuple[str, str]], str, str, str]:
         result = _guarded(service.explain, image, prompts, layers=layers, single_head=single_head, size=size)
         exp = result.explanation
         best = int(np.argmax(exp.similarity))
         status = (f"Explained {len(exp.prompts)} prompt(s) in {result.seconds:.2f} s with {service.lm.name}. "
                   f"Best match: **{exp.prompts[best]}** (cosine {exp.similarity[best]:.3f}).")
-        return (list(zip(result.overlays, result.captions)), result.words_html,
-                str(_guarded(service.save_maps, result)), status)
+        overlays = [(str(service.save_png(o, f"overlay_{i}")), c)
+                    for i, (o, c) in enumerate(zip(result.overlays, result.captions), 1)]
+        return overlays, result.words_html, str(_guarded(service.save_maps, result)), status
 
     def compare(image: Optional[str], prompt: str, steps: float, layers: float, single_head: bool, size: str,
-                progress: gr.Progress = gr.Progress()) -> List[Tuple[np.ndarray, str]]:
+                progress: gr.Progress = gr.Progress()) -> List[Tuple[str, str]]:
         def report(fraction: float, desc: str) -> None:
             progress(fraction, desc=desc)
-        return _guarded(service.compare_with_ig, image, prompt, steps=steps, layers=layers,
-                        single_head=single_head, size=size, progress=report)
+        pairs = _guarded(service.compare_with_ig, image, prompt, steps=steps, layers=layers,
+                         single_head=single_head, size=size, progress=report)
+        return [(str(service.save_png(o, f"compare_{i}")), c) for i, (o, c) in enumerate(pairs, 1)]
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 3600)) as app:
         gr.Markdown(f"# {title}\nModel: **{service.lm.name}**. Upload an image (or draw a shapes scene), type "
@@ -97,7 +100,7 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
         with gr.Row():
             with gr.Column():
                 image = gr.File(label="Image", file_types=["image"], type="filepath", elem_id="image")
-                preview = gr.Image(label="Preview", interactive=False, height=240, elem_id="preview")
+                preview = gr.Image(label="Preview", type="filepath", interactive=False, height=240, elem_id="preview")
                 draw_button = gr.Button("Draw a new shapes scene", elem_id="draw")
                 prompts = gr.Textbox(label="Prompts (one per line)", value=DEFAULT_PROMPTS, lines=4,
                                      elem_id="prompts")
