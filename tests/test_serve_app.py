@@ -156,7 +156,28 @@ def test_latency_benchmark_runs(tmp_path, capsys):
     finally:
         sys.path.remove(benchmarks)
     out = tmp_path / "latency.json"
-    rows = serve_latency.main(["--requests", "4", "--warmup", "0", "--out", str(out)])
+    rows = serve_latency.main(["--requests", "2", "--warmup", "0", "--out", str(out)])
     assert [r["case"] for r in rows] == ["service", "http", "http x4 (all 4 back)", "http x4 (per request)"]
     assert all(0 < r["median_s"] <= r["p90_s"] <= r["max_s"] for r in rows)
     assert json.loads(out.read_text())["rows"] == rows and "median s" in capsys.readouterr().out
+
+
+def test_deploy_example_reads_model_and_limits_from_the_environment(monkeypatch):
+    import os
+    import sys
+    examples = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples")
+    sys.path.insert(0, examples)
+    try:
+        import app as deploy
+    finally:
+        sys.path.remove(examples)
+    monkeypatch.setenv("GRADECLIP_MAX_PROMPTS", "3")
+    monkeypatch.setenv("GRADECLIP_TIME_LIMIT_S", "12.5")
+    service = deploy.make_service()
+    try:
+        assert service.limits.max_prompts == 3 and service.limits.time_limit_s == 12.5
+        assert service.lm.name.startswith("shapes-clip") and service.limits.queue_size == ServeLimits().queue_size
+    finally:
+        service.close()
+    with pytest.raises(SystemExit, match="expected demo"):
+        deploy.load_model("caffe:x", "cpu")
