@@ -69,6 +69,14 @@ def test_bad_input_is_a_message_and_the_server_keeps_serving(client, scene):
     assert len(client.predict(handle_file(scene), "a red circle", api_name="/explain")[0]) == 1
 
 
+def test_api_compare_with_ig(client, server, scene):
+    pairs = client.predict(handle_file(scene), "a red circle", 16, 0, False, "native", api_name="/compare_with_ig")
+    direct = server[1].compare_with_ig(scene, "a red circle", steps=16)
+    assert [p["caption"].split(" (")[0] for p in pairs] == ["Grad-ECLIP", "Integrated Gradients, 16 steps"]
+    np.testing.assert_array_equal(_pixels(pairs[0]), direct[0][0])
+    np.testing.assert_array_equal(_pixels(pairs[1]), direct[1][0])
+
+
 def test_four_simultaneous_requests_equal_sequential_ones(client, scene):
     prompt_sets = ["a red circle", "a blue square\na green triangle", "a yellow cross\na red circle\na cyan square",
                    "a magenta triangle"]
