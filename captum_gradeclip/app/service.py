@@ -168,11 +168,12 @@ class ExplainService:
         if not self._lock.acquire(timeout=max(0.0, deadline.remaining())):
             raise RequestTimeout(f"the server was busy with other requests for the whole time limit of "
                                  f"{deadline.seconds:g} s; try again later")
+        def check(module: torch.nn.Module, args: Any) -> None:
+            deadline.check(f"running {type(module).__name__}")
         handles = []
         try:
-            def check(module: torch.nn.Module, args: Any) -> None:
-                deadline.check(f"running {type(module).__name__}")
-            handles = [m.register_forward_pre_hook(check) for m in self.lm.model.modules()]
+            for module in self.lm.model.modules():
+                handles.append(module.register_forward_pre_hook(check))
             yield
         finally:
             for h in handles:
