@@ -189,3 +189,50 @@ def test_deploy_example_reads_model_and_limits_from_the_environment(monkeypatch)
         service.close()
     with pytest.raises(SystemExit, match="expected demo"):
         deploy.load_model("caffe:x", "cpu")
+
+
+def _non_loopback_address():
+    import socket
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.connect(("10.254.254.254", 9))  # no packet is sent: this only picks the interface a route would use
+            address = s.getsockname()[0]
+    except OSError:
+        return None
+    return None if address.startswith("127.") else address
+
+
+def test_the_command_serves_this_machine_only_by_default(tmp_path):
+    import os
+    import subprocess
+    import sys
+    import time
+
+    from serve_server import free_port
+    port = free_port()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=root + os.pathsep + os.environ.get("PYTHONPATH", ""),
+               GRADIO_ANALYTICS_ENABLED="False", HF_HUB_OFFLINE="1", MPLBACKEND="Agg", OMP_NUM_THREADS="1")
+    proc = subprocess.Popen([sys.executable, "-m", "captum_gradeclip.cli", "serve", "--demo", "--port", str(port)],
+                            cwd=root, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/", timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, proc.stdout.read() if proc.poll() else ""
+            time.sleep(0.5)
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        scene = tmp_path / "scene.png"
+        Image.new("RGB", (64, 64), (200, 30, 30)).save(scene)
+        assert len(client.predict(handle_file(str(scene)), "a red circle", api_name="/explain")[0]) == 1
+        other = _non_loopback_address()
+        if other is not None:  # the same port on this machine's network address: nobody listens there
+            with pytest.raises(httpx.TransportError):
+                httpx.get(f"http://{other}:{port}/", timeout=5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

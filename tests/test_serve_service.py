@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_cli import hf_model_dir  # noqa: F401 - a fixture
 from test_image_io import bomb_png
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, viz
@@ -211,3 +212,17 @@ def test_model_left_untouched(lm, scene, tmp_path):
     svc.compare_with_ig(scene, "a red circle", steps=4)
     after = lm.model.state_dict()
     assert all(torch.equal(before[k], after[k]) for k in before) and not lm.model.training
+
+
+def test_a_huggingface_model_is_served_too(hf_model_dir, tmp_path):
+    from captum_gradeclip.cli import load_hf
+    hf = load_hf(str(hf_model_dir), "cpu")
+    svc = ExplainService(hf, ServeLimits(), workdir=tmp_path / "hf")
+    image = tmp_path / "photo.png"
+    Image.fromarray((np.random.RandomState(0).rand(40, 56, 3) * 255).astype("uint8")).save(image)
+    result = svc.explain(image, "a red circle\na cat")
+    direct = explain_image(hf, prepare_image(Image.open(image).convert("RGB"), hf.image_size, 8, "native"),
+                           ["a red circle", "a cat"], explain="both", layers=None, single_head=False, device="cpu")
+    np.testing.assert_array_equal(result.explanation.image_maps, direct.image_maps)
+    assert result.explanation.words == direct.words and len(result.overlays) == 2
+    assert _no_hooks_left(hf.model)
