@@ -157,18 +157,18 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         device_ids (list of int, optional): kept for Captum's signature; DataParallel is not supported.
             Default: None
         single_head (bool, optional): reproduce the authors' released code. Default: False
-        layer_rule (str, optional): how the maps of several explained layers are combined:
-            ``"sum_then_relu"`` (sum the layers' signed maps, then ReLU: layers can cancel, and a word or patch
-            whose layers disagree gets zero, possibly every one of them) or ``"relu_then_sum"`` (ReLU each
-            layer's map, then sum: every layer's positive evidence counts). Both agree for one explained layer.
-            Default: None, the paper's rule for the side: ``"relu_then_sum"`` for images,
-            ``"sum_then_relu"`` for text (the resolved rule is stored in :attr:`layer_rule`)
         chunk_size (int, optional): how many targets share one batched backward pass in
             :meth:`attribute_all`. The memory of a batched backward grows with it: each target holds the
             gradients of every token it back-propagates through. Default: None, automatic: up to 32 targets,
             fewer where the backward runs over whole sequences (several explained layers, or towers without a
             fast path), so that one batched backward covers at most 4,096 token rows, about a forward pass of
             20 ViT-B/16 images at 224 px
+        layer_rule (str, optional): how the maps of several explained layers are combined:
+            ``"sum_then_relu"`` (sum the layers' signed maps, then ReLU: layers can cancel, and a word or patch
+            whose layers disagree gets zero, possibly every one of them) or ``"relu_then_sum"`` (ReLU each
+            layer's map, then sum: every layer's positive evidence counts). Both agree for one explained layer.
+            Default: None, the paper's rule for the side: ``"relu_then_sum"`` for images,
+            ``"sum_then_relu"`` for text (the resolved rule is stored in :attr:`layer_rule`)
 
     Examples::
 
