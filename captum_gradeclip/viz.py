@@ -324,10 +324,11 @@ def empty_words_message(layer_rule: str | None = None,
     """
     if layer_rule == "relu_then_sum":
         return "no word has a positive contribution in any explained layer"
-    why = ("the explained layers' contributions cancel" if layer_rule == "sum_then_relu" else
-           "with Grad-ECLIP's default text rule the explained layers' contributions can cancel")
-    return (f"no word has a positive contribution under the paper's rule (sum over layers, then ReLU): {why}; "
-            f"{switch} counts each layer's positive part")
+    if layer_rule == "sum_then_relu":
+        return ("no word has a positive contribution under the paper's rule (sum over layers, then ReLU): the "
+                f"explained layers' contributions cancel; {switch} counts each layer's positive part")
+    return ("no word has a positive contribution; under the paper's text rule (sum over layers, then ReLU) the "
+            f"explained layers' contributions can cancel: {switch} counts each layer's positive part")
 
 
 def _is_empty(scores: torch.Tensor) -> bool:
