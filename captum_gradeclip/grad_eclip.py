@@ -611,12 +611,17 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, weight = self._queries(layout, n, q.shape[2], q.device)
                 rows = torch.arange(n, device=q.device)[:, None]
                 g = self._channel_weights(adapter, grads[i], q, k, v, pos, layout)  # (K, N, Q, C) float32
-                # float32 for the reductions; q only at the query rows
-                qf, kf, vf = full_width(q)[rows, pos].float(), full_width(k).float(), full_width(v).float()
-                eps = 1e-8
-                sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
-                                   kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i), (N, Q, L)
-                lam = _masked_minmax(sim, layout.lam_mask[:, None, :].expand_as(sim)) * weight[..., None]
+                vf = full_width(v).float()  # float32 for the reductions
+                lam_mask = layout.lam_mask[:, None, :].expand(n, pos.shape[1], vf.shape[1])
+                if adapter.spatial_weight:  # q only at the query rows
+                    qf, kf = full_width(q)[rows, pos].float(), full_width(k).float()
+                    eps = 1e-8
+                    sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
+                                       kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i)
+                    lam = _masked_minmax(sim, lam_mask)
+                else:  # a uniform pooling: no query-key similarity, lambda = 1 on the explained positions
+                    lam = lam_mask.float()
+                lam = lam * weight[..., None]  # (N, Q, L)
                 per_layer.append(torch.einsum("knqc,nlc,nql->knl", g, vf, lam))
         if self.tower.side == "image":
             total = sum(F.relu(m) for m in per_layer)
@@ -643,9 +648,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                          pos: Tensor, layout: TokenLayout) -> Tensor:
         """g = dS/do at the queries: the gradient at the module output pulled back through its projection."""
         n = q.shape[0]
-        param = next(adapter.module.parameters())
+        param = next(adapter.module.parameters(), v)  # a module without weights (a global pool): the values' dtype
         if adapter.linear_projection:
-            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=param.device)
+            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=v.device)
         else:
             o = self._output_at(adapter, q, k, v, pos, layout).to(param.dtype)
         with torch.enable_grad():
