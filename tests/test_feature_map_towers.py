@@ -276,3 +276,12 @@ def test_cli_explains_convnext_base_at_full_size(tmp_path) -> None:
     assert main(["explain", str(photo), "--model", "convnext_base", "--pretrained", "none", "--text", "a dog",
                  "--out", str(tmp_path / "out")]) == 0
     assert np.load(tmp_path / "out" / "photo_maps.npz")["image_maps"].shape == (1, 7, 9)
+
+
+def test_attention_baselines_refuse_towers_without_attention() -> None:
+    from captum_gradeclip.baselines import AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity, \
+        RawAttention, TokenGradCAM
+    scorer = ImageTextSimilarity(zoo("convnext_base"), _fixed())
+    for method in (AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity, RawAttention, TokenGradCAM):
+        with pytest.raises(UnsupportedModelError, match="has none .*LayerGradCam"):
+            method(scorer)

@@ -246,6 +246,7 @@ class TimmFeatureMapTower(Tower):
     """
 
     side = "image"
+    has_attention = False
 
     def __init__(self, model: nn.Module, visual: nn.Module) -> None:
         super().__init__(model, visual)
