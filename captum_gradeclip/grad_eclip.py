@@ -111,6 +111,11 @@ class GradECLIP(LayerAttribution, GradientAttribution):
     block's attention as one head over the full width (and, on the text side, normalises :math:`\lambda` over
     every context position, padding included).
 
+    Image towers without a pooling attention (ConvNeXt, FastViT, Swin) average their last feature map :math:`A`:
+    read as an attention with a zero query (uniform weights, :math:`v_i = A_i`), the same formula gives
+    :math:`g = \partial S / \partial \bar A`, :math:`\lambda_i = 1` and :math:`m_i = \mathrm{ReLU}(\sum_c g_c
+    A_{i,c})`: Grad-CAM of :math:`S` on the last feature map, times its number of positions (``docs/method.md``).
+
     Args:
         forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
             explained; it tells which tower (image or text) and which tokens are explained.

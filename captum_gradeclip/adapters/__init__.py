@@ -181,5 +181,5 @@ def encode_fixed(model: nn.Module, side: str, inputs: Tensor, attention_mask: Op
         return tower.encode(inputs, *extra)
 
 
-__all__ = ["AttentionAdapter", "TokenLayout", "Tower", "attention_adapter", "encode_fixed", "image_tower", "is_attention_module",
-           "text_tower", "SUPPORTED_MODELS"]
+__all__ = ["AttentionAdapter", "TokenLayout", "Tower", "attention_adapter", "encode_fixed", "image_tower",
+           "is_attention_module", "text_tower", "SUPPORTED_MODELS"]
