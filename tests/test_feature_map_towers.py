@@ -18,7 +18,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from captum.attr import LayerAttribution, LayerGradCam
+from captum.attr import LayerAttribution, LayerGradCam, NoiseTunnel
 from torch import Tensor, nn
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError
@@ -174,6 +174,8 @@ def test_both_sides_with_the_fixed_side_encoded_by_the_model(name: str) -> None:
     # (N, 1, h, w), ready for LayerAttribution.interpolate
     up = LayerAttribution.interpolate(per_example, images.shape[-2:], "bilinear")
     assert up.shape == (2, 1) + tuple(images.shape[-2:])
+    smooth = NoiseTunnel(ge).attribute(images, nt_type="smoothgrad", nt_samples=2, stdevs=0.0, target=[1, 0])
+    torch.testing.assert_close(smooth, per_example, rtol=1e-5, atol=1e-6)
     # the text side
     words = GradECLIP(tscorer).attribute(tokens, target=[0, 1])
     assert words.shape == tokens.shape and (words >= 0).all()
