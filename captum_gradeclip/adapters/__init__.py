@@ -166,6 +166,11 @@ def encode_fixed(model: nn.Module, side: str, inputs: Tensor, attention_mask: Op
 
     Raises:
         UnsupportedModelError: when ``side`` has no adapter and the model has no encoder of its own for it.
+
+    Examples::
+
+        >>> encode_fixed(model, "image", images).shape      # what TextImageSimilarity(model, images) keeps
+        torch.Size([I, E])
     """
     try:
         tower = image_tower(model) if side == "image" else text_tower(model)
