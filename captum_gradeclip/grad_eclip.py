@@ -148,6 +148,11 @@ class GradECLIP(LayerAttribution, GradientAttribution):
     block's attention as one head over the full width (and, on the text side, normalises :math:`\lambda` over
     every context position, padding included).
 
+    Image towers without a pooling attention (ConvNeXt, FastViT, Swin) average their last feature map :math:`A`:
+    read as an attention with a zero query (uniform weights, :math:`v_i = A_i`), the same formula gives
+    :math:`g = \partial S / \partial \bar A`, :math:`\lambda_i = 1` and :math:`m_i = \mathrm{ReLU}(\sum_c g_c
+    A_{i,c})`: Grad-CAM of :math:`S` on the last feature map, times its number of positions (``docs/method.md``).
+
     Args:
         forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
             explained; it tells which tower (image or text) and which tokens are explained.
@@ -660,12 +665,17 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, weight = self._queries(layout, n, q.shape[2], q.device)
                 rows = torch.arange(n, device=q.device)[:, None]
                 g = self._channel_weights(adapter, grads[i], q, k, v, pos, layout)  # (K, N, Q, C) float32
-                # float32 for the reductions; q only at the query rows
-                qf, kf, vf = full_width(q)[rows, pos].float(), full_width(k).float(), full_width(v).float()
-                eps = 1e-8
-                sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
-                                   kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i), (N, Q, L)
-                lam = _masked_minmax(sim, layout.lam_mask[:, None, :].expand_as(sim)) * weight[..., None]
+                vf = full_width(v).float()  # float32 for the reductions
+                lam_mask = layout.lam_mask[:, None, :].expand(n, pos.shape[1], vf.shape[1])
+                if adapter.spatial_weight:  # q only at the query rows
+                    qf, kf = full_width(q)[rows, pos].float(), full_width(k).float()
+                    eps = 1e-8
+                    sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
+                                       kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i)
+                    lam = _masked_minmax(sim, lam_mask)
+                else:  # a uniform pooling: no query-key similarity, lambda = 1 on the explained positions
+                    lam = lam_mask.float()
+                lam = lam * weight[..., None]  # (N, Q, L)
                 per_layer.append(torch.einsum("knqc,nlc,nql->knl", g, vf, lam))
         total = combine_layer_maps(per_layer, self.layer_rule)
         total = total.transpose(0, 1) * layout.report_mask[:, None, :]  # (N, K, L)
@@ -689,9 +699,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                          pos: Tensor, layout: TokenLayout) -> Tensor:
         """g = dS/do at the queries: the gradient at the module output pulled back through its projection."""
         n = q.shape[0]
-        param = next(adapter.module.parameters())
+        param = next(adapter.module.parameters(), v)  # a module without weights (a global pool): the values' dtype
         if adapter.linear_projection:
-            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=param.device)
+            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=v.device)
         else:
             o = self._output_at(adapter, q, k, v, pos, layout).to(param.dtype)
         with torch.enable_grad():
