@@ -27,6 +27,12 @@ LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 _AUTO_MAX_TARGETS = 32
 _AUTO_MAX_ROWS = 4096
 
+#: How the maps of several explained layers are combined (``GradECLIP(..., layer_rule=...)``):
+#: ``"sum_then_relu"``: ReLU(sum over layers of m_l); ``"relu_then_sum"``: sum over layers of ReLU(m_l).
+LAYER_RULES = ("sum_then_relu", "relu_then_sum")
+#: The paper's rule on each side, used when ``layer_rule`` is None.
+PAPER_LAYER_RULES = {"image": "relu_then_sum", "text": "sum_then_relu"}
+
 
 @dataclass
 class _Record:
@@ -78,6 +84,35 @@ def _autocast_on(device: torch.device) -> bool:
         return torch.is_autocast_enabled()
 
 
+def combine_layer_maps(per_layer: Sequence[Tensor], layer_rule: str) -> Tensor:
+    r"""Combine the signed maps :math:`m_l` of the explained layers into one non-negative map.
+
+    Args:
+        per_layer (sequence of Tensor): one signed map per explained layer, all of the same shape.
+        layer_rule (str): ``"sum_then_relu"``: :math:`\max(0, \sum_l m_l)` (the paper's text rule: layers whose
+            contributions have opposite signs cancel, and the map can be zero everywhere);
+            ``"relu_then_sum"``: :math:`\sum_l \max(0, m_l)` (the paper's image rule: every layer's positive
+            part counts). The two agree when one layer is explained.
+
+    Returns:
+        Tensor: the combined map, of the shape of one layer's map, non-negative.
+
+    Examples::
+
+        >>> combine_layer_maps([torch.tensor([1., -2.]), torch.tensor([-1., 3.])], "sum_then_relu")
+        tensor([0., 1.])
+        >>> combine_layer_maps([torch.tensor([1., -2.]), torch.tensor([-1., 3.])], "relu_then_sum")
+        tensor([1., 3.])
+    """
+    if not per_layer:
+        raise ValueError("combine_layer_maps needs the map of at least one layer")
+    if layer_rule == "relu_then_sum":
+        return sum(F.relu(m) for m in per_layer)
+    if layer_rule == "sum_then_relu":
+        return F.relu(sum(per_layer))
+    raise ValueError(f"layer_rule must be one of {LAYER_RULES}, got {layer_rule!r}")
+
+
 def _masked_minmax(s: Tensor, mask: Tensor) -> Tensor:
     """Min-max normalise ``s`` (..., L) over ``mask`` along the last axis; zero outside the mask; 1 where max == min."""
     inf = torch.finfo(s.dtype).max
@@ -105,11 +140,18 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         \lambda_i = \operatorname{minmax}_i \cos(q_p, k_i),\qquad
         m_i = \lambda_i \sum_c g_c\, v_{i,c}
 
-    with q, k, v of full width (heads concatenated). Image side: ReLU per layer, then the sum over layers;
-    text side: the sum over layers, then ReLU (as the authors do). By default the unmodified model is
+    with q, k, v of full width (heads concatenated). Several layers are combined by ``layer_rule``: by default
+    as the authors do, ReLU per layer, then the sum over layers on the image side
+    (:math:`\sum_l \max(0, m^{(l)})`), and the sum over layers, then ReLU on the text side
+    (:math:`\max(0, \sum_l m^{(l)})`). By default the unmodified model is
     explained; ``single_head=True`` reproduces the authors' released code, which re-runs each explained
     block's attention as one head over the full width (and, on the text side, normalises :math:`\lambda` over
     every context position, padding included).
+
+    Image towers without a pooling attention (ConvNeXt, FastViT, Swin) average their last feature map :math:`A`:
+    read as an attention with a zero query (uniform weights, :math:`v_i = A_i`), the same formula gives
+    :math:`g = \partial S / \partial \bar A`, :math:`\lambda_i = 1` and :math:`m_i = \mathrm{ReLU}(\sum_c g_c
+    A_{i,c})`: Grad-CAM of :math:`S` on the last feature map, times its number of positions (``docs/method.md``).
 
     Args:
         forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
@@ -126,6 +168,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             fewer where the backward runs over whole sequences (several explained layers, or towers without a
             fast path), so that one batched backward covers at most 4,096 token rows, about a forward pass of
             20 ViT-B/16 images at 224 px
+        layer_rule (str, optional): how the maps of several explained layers are combined:
+            ``"sum_then_relu"`` (sum the layers' signed maps, then ReLU: layers can cancel, and a word or patch
+            whose layers disagree gets zero, possibly every one of them) or ``"relu_then_sum"`` (ReLU each
+            layer's map, then sum: every layer's positive evidence counts). Both agree for one explained layer.
+            Default: None, the paper's rule for the side: ``"relu_then_sum"`` for images,
+            ``"sum_then_relu"`` for text (the resolved rule is stored in :attr:`layer_rule`)
 
     Examples::
 
@@ -134,10 +182,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         >>> heat = ge.attribute(images, target=0)            # (N, 1, h, w)
         >>> heat_px = LayerAttribution.interpolate(heat, images.shape[-2:], "bilinear")
         >>> every = ge.attribute_all(images)                 # (N, T, h, w): every text, one forward pass
+        >>> words = GradECLIP(tscorer, layer_rule="relu_then_sum").attribute(tokens, target=0)  # no cancelling
     """
 
     def __init__(self, forward_func: Callable, layer: LayerSpec = None, device_ids: Optional[List[int]] = None,
-                 *, single_head: bool = False, chunk_size: Optional[int] = None) -> None:
+                 *, single_head: bool = False, chunk_size: Optional[int] = None,
+                 layer_rule: Optional[str] = None) -> None:
         tower = getattr(forward_func, "tower", None)
         if not isinstance(tower, Tower) or not callable(getattr(forward_func, "score", None)):
             raise TypeError(
@@ -155,12 +205,16 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}")
+        if layer_rule is not None and layer_rule not in LAYER_RULES:
+            raise ValueError(f"layer_rule must be None (the paper's rule for the side: {PAPER_LAYER_RULES}) or one of "
+                             f"{LAYER_RULES}, got {layer_rule!r}")
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.tower: Tower = tower
         self.attention_modules: List[nn.Module] = tower.resolve(blocks)
         self.single_head = bool(single_head)
         self.chunk_size = chunk_size
+        self.layer_rule: str = layer_rule if layer_rule is not None else PAPER_LAYER_RULES[tower.side]
 
     # ------------------------------------------------------------------------------------------------------
     @log_usage()
@@ -611,17 +665,19 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, weight = self._queries(layout, n, q.shape[2], q.device)
                 rows = torch.arange(n, device=q.device)[:, None]
                 g = self._channel_weights(adapter, grads[i], q, k, v, pos, layout)  # (K, N, Q, C) float32
-                # float32 for the reductions; q only at the query rows
-                qf, kf, vf = full_width(q)[rows, pos].float(), full_width(k).float(), full_width(v).float()
-                eps = 1e-8
-                sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
-                                   kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i), (N, Q, L)
-                lam = _masked_minmax(sim, layout.lam_mask[:, None, :].expand_as(sim)) * weight[..., None]
+                vf = full_width(v).float()  # float32 for the reductions
+                lam_mask = layout.lam_mask[:, None, :].expand(n, pos.shape[1], vf.shape[1])
+                if adapter.spatial_weight:  # q only at the query rows
+                    qf, kf = full_width(q)[rows, pos].float(), full_width(k).float()
+                    eps = 1e-8
+                    sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
+                                       kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i)
+                    lam = _masked_minmax(sim, lam_mask)
+                else:  # a uniform pooling: no query-key similarity, lambda = 1 on the explained positions
+                    lam = lam_mask.float()
+                lam = lam * weight[..., None]  # (N, Q, L)
                 per_layer.append(torch.einsum("knqc,nlc,nql->knl", g, vf, lam))
-        if self.tower.side == "image":
-            total = sum(F.relu(m) for m in per_layer)
-        else:
-            total = F.relu(sum(per_layer))
+        total = combine_layer_maps(per_layer, self.layer_rule)
         total = total.transpose(0, 1) * layout.report_mask[:, None, :]  # (N, K, L)
         if layout.grid is None:
             return total if layout.positions is None else total[:, :, layout.positions]
@@ -643,9 +699,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                          pos: Tensor, layout: TokenLayout) -> Tensor:
         """g = dS/do at the queries: the gradient at the module output pulled back through its projection."""
         n = q.shape[0]
-        param = next(adapter.module.parameters())
+        param = next(adapter.module.parameters(), v)  # a module without weights (a global pool): the values' dtype
         if adapter.linear_projection:
-            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=param.device)
+            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=v.device)
         else:
             o = self._output_at(adapter, q, k, v, pos, layout).to(param.dtype)
         with torch.enable_grad():

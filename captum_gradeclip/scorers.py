@@ -13,11 +13,10 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adapters import image_tower, text_tower
+from .adapters import encode_fixed, image_tower, text_tower
 from .adapters.base import Tower
 from .adapters.hf import split_text_inputs
 
@@ -68,7 +67,8 @@ class ImageTextSimilarity(_Similarity):
         model (nn.Module): a supported open_clip or HuggingFace CLIP-family model (see ``docs/models.md``;
             ``captum_gradeclip.adapters.SUPPORTED_MODELS``).
         texts: the fixed texts: token ids ``(T, L)`` (open_clip), a dict/BatchEncoding with ``input_ids`` and
-            ``attention_mask`` (HuggingFace), or precomputed text embeddings ``(T, E)`` (float).
+            ``attention_mask`` (HuggingFace), or precomputed text embeddings ``(T, E)`` (float). Token ids are
+            encoded by the model, whatever its text tower (it need not be one that Grad-ECLIP explains).
 
     Examples::
 
@@ -83,13 +83,9 @@ class ImageTextSimilarity(_Similarity):
         tower = image_tower(model)
         if _is_embedding_matrix(texts):
             fixed = texts
-        else:
-            other = text_tower(model)
+        else:  # encoded by the model whatever its text tower (explained or not)
             ids, mask = split_text_inputs(texts)
-            extra = () if mask is None else (mask,)
-            other.validate(ids, *extra)
-            with torch.no_grad():
-                fixed = other.encode(ids, *extra)
+            fixed = encode_fixed(model, "text", ids, mask)
         super().__init__(model, tower, fixed)
 
 
@@ -102,6 +98,7 @@ class TextImageSimilarity(_Similarity):
     Args:
         model (nn.Module): a supported open_clip or HuggingFace CLIP-family model (see ``docs/models.md``).
         images: the fixed images ``(I, 3, H, W)`` (preprocessed), or precomputed image embeddings ``(I, E)``.
+            Images are encoded by the model, whatever its image tower (it need not be one that Grad-ECLIP explains).
 
     Examples::
 
@@ -114,11 +111,8 @@ class TextImageSimilarity(_Similarity):
         tower = text_tower(model)
         if _is_embedding_matrix(images):
             fixed = images
-        else:
-            other = image_tower(model)
-            other.validate(images)
-            with torch.no_grad():
-                fixed = other.encode(images)
+        else:  # encoded by the model whatever its image tower (explained or not)
+            fixed = encode_fixed(model, "image", images)
         super().__init__(model, tower, fixed)
 
 

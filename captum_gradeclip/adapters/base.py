@@ -96,6 +96,9 @@ class Tower(abc.ABC):
     side: str = "image"
     #: number of blocks explained by default (counted from the last); the text side uses the authors' 8.
     default_depth: int = 1
+    #: False for towers without attention layers to read (the explained layer is a global average pool): the
+    #: attention-based baselines do not apply to them.
+    has_attention: bool = True
 
     def __init__(self, model: nn.Module, root: nn.Module) -> None:
         self.model = model

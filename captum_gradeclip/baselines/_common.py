@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
-from ..errors import LayerNotExecutedError
+from ..errors import LayerNotExecutedError, UnsupportedModelError
 from ..targets import single_input, target_columns as _target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
@@ -277,6 +277,11 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
     def __init__(self, forward_func: Callable, blocks: List[nn.Module],
                  device_ids: Optional[List[int]] = None) -> None:
         tower = scorer_tower(forward_func, type(self).__name__)
+        if not tower.has_attention:
+            raise UnsupportedModelError(
+                f"{type(self).__name__} reads attention layers; the {tower.side} tower of "
+                f"{type(tower.model).__name__} has none (its last feature map is averaged into the embedding): use "
+                "GradECLIP (Grad-CAM on that feature map, lambda = 1) or captum.attr.LayerGradCam on the scorer")
         if tower.side != "image" and not self.text_supported:
             raise ValueError(f"{type(self).__name__} explains images only: pass an ImageTextSimilarity scorer")
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
