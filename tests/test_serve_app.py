@@ -70,7 +70,8 @@ def test_bad_input_is_a_message_and_the_server_keeps_serving(client, scene):
 
 
 def test_api_compare_with_ig(client, server, scene):
-    pairs = client.predict(handle_file(scene), "a red circle", 16, 0, False, "native", api_name="/compare_with_ig")
+    pairs = client.predict(handle_file(scene), "a red circle", 16, 0, False, "native", "default",
+                           api_name="/compare_with_ig")
     direct = server[1].compare_with_ig(scene, "a red circle", steps=16)
     assert [p["caption"].split(" (")[0] for p in pairs] == ["Grad-ECLIP", "Integrated Gradients, 16 steps"]
     np.testing.assert_array_equal(_pixels(pairs[0]), direct[0][0])
@@ -119,12 +120,20 @@ def test_hostile_uploads_refused_while_a_normal_request_succeeds(client, server,
         client.predict(handle_file(str(big)), "a red circle", api_name="/explain")
 
 
-def test_server_side_paths_are_out_of_reach(server):
+def test_server_side_paths_are_out_of_reach(server, scene):
     url = server[0].local_url
-    payload = {"data": [{"path": "/etc/passwd", "meta": {"_type": "gradio.FileData"}}, "a red circle", 0, False,
-                        "native"]}
-    event = httpx.post(url + "gradio_api/call/explain", json=payload, timeout=30).json()["event_id"]
-    answer = httpx.get(url + f"gradio_api/call/explain/{event}", timeout=60).text
+
+    def call(path):
+        payload = {"data": [{"path": path, "meta": {"_type": "gradio.FileData"}}, "a red circle", 0, False, "native",
+                            "default"]}
+        event = httpx.post(url + "gradio_api/call/explain", json=payload, timeout=30).json()["event_id"]
+        return httpx.get(url + f"gradio_api/call/explain/{event}", timeout=60).text
+
+    with open(scene, "rb") as fh:  # the same raw call with an uploaded file works
+        uploaded = httpx.post(url + "gradio_api/upload", files={"files": ("scene.png", fh, "image/png")},
+                              timeout=60).json()[0]
+    assert "event: complete" in call(uploaded)
+    answer = call("/etc/passwd")
     assert "event: error" in answer and "root:" not in answer
 
 

@@ -59,6 +59,19 @@ def test_explain_equals_the_cli_computation(service, scene, lm):
     assert _no_hooks_left(lm.model)
 
 
+@pytest.mark.parametrize("rule", ["sum_then_relu", "relu_then_sum"])
+def test_layer_rule_is_passed_to_both_sides(service, scene, lm, rule):
+    result = service.explain(scene, PROMPTS, layers=3, layer_rule=rule)
+    img01 = prepare_image(Image.open(scene).convert("RGB"), lm.image_size, 8, "native")
+    direct = explain_image(lm, img01, PROMPTS.split("\n"), explain="both", layers=3, single_head=False,
+                           device="cpu", layer_rule=rule)
+    np.testing.assert_array_equal(result.explanation.image_maps, direct.image_maps)
+    np.testing.assert_array_equal(result.explanation.word_maps, direct.word_maps)
+    assert result.explanation.text_layer_rule == rule
+    with pytest.raises(RequestError, match="layer rule must be one of"):
+        service.explain(scene, PROMPTS, layer_rule="max")
+
+
 def test_native_size_keeps_the_aspect_ratio(service, tmp_path, lm):
     path = tmp_path / "wide.png"
     Image.new("RGB", (96, 64), (120, 30, 30)).save(path)

@@ -26,10 +26,15 @@ import torch
 
 from .. import viz
 from ..cli import Explanation, LoadedModel, _normalize, explain_image, prepare_image, save_maps
+from ..grad_eclip import LAYER_RULES
 from ..image_io import ImageLoadError, load_image
 from .limits import RequestError, ServeLimits
 
 SIZE_MODES = ("native", "model")
+#: The layer rules offered: ``default`` is the paper's rule for each side (GradECLIP's ``layer_rule=None``).
+LAYER_RULE_CHOICES = ("default",) + LAYER_RULES
+#: How a user of the page selects the other text rule, for the note shown when no word scores positive.
+_SWITCH = 'the layer rule "relu_then_sum" (Options)'
 
 
 class RequestTimeout(RequestError):
@@ -117,16 +122,20 @@ class ExplainService:
         self.max_layers = max(len(tower.blocks()), len(text_tower(lm.model).blocks()))
 
     # ------------------------------------------------------------------------------------------ checks
-    def check_options(self, layers: Any, size: Any) -> Tuple[Optional[int], str]:
-        """``layers`` (0 or ``None``: the default) and the image size mode, checked.
+    def check_options(self, layers: Any, size: Any, layer_rule: Any = None) -> Tuple[Optional[int], str, Optional[str]]:
+        """``layers`` (0 or ``None``: the default), the image size mode and the layer rule (``None`` or
+        ``"default"``: the paper's rule for each side), checked.
 
         Raises:
-            RequestError: ``layers`` is not a whole number in ``[0, max_layers]``, or an unknown size mode.
+            RequestError: ``layers`` is not a whole number in ``[0, max_layers]``, an unknown size mode or rule.
         """
         if size not in SIZE_MODES:
             raise RequestError(f"image size mode must be one of {SIZE_MODES}, got {size!r}")
+        if layer_rule is not None and layer_rule not in LAYER_RULE_CHOICES:
+            raise RequestError(f"layer rule must be one of {LAYER_RULE_CHOICES}, got {layer_rule!r}")
+        rule = None if layer_rule in (None, "default") else layer_rule
         if layers is None:
-            return None, size
+            return None, size, rule
         try:
             n = float(layers)
         except (TypeError, ValueError):
@@ -134,7 +143,7 @@ class ExplainService:
         if not n.is_integer() or not 0 <= n <= self.max_layers:
             raise RequestError(f"layers must be a whole number from 0 (the default) to {self.max_layers}, "
                                f"got {layers!r}")
-        return (int(n) or None), size
+        return (int(n) or None), size, rule
 
     def load_image(self, source: Any) -> Any:
         """The upload as a PIL RGB image, through the guarded loader (bytes and pixels bounded before decoding).
@@ -182,7 +191,7 @@ class ExplainService:
 
     # ------------------------------------------------------------------------------------------ requests
     def explain(self, image: Any, prompts: Any, *, layers: Any = None, single_head: bool = False,
-                size: str = "native") -> ExplainResult:
+                size: str = "native", layer_rule: Optional[str] = None) -> ExplainResult:
         """Grad-ECLIP maps of one image for every prompt (image side) and of every prompt's words (text side).
 
         Args:
@@ -191,6 +200,8 @@ class ExplainService:
             layers: Number of last blocks explained; 0 or ``None``: 1 for the image, 8 for the text.
             single_head: Reproduce the authors' released code.
             size: ``"native"`` (keep the aspect ratio) or ``"model"`` (centre crop to the model's size).
+            layer_rule: How several layers are combined (``GradECLIP``'s ``layer_rule``); ``None`` or
+                ``"default"``: the paper's rule for each side.
 
         Returns:
             An :class:`ExplainResult`.
@@ -201,22 +212,23 @@ class ExplainService:
         deadline = Deadline(self.limits.time_limit_s)
         start = time.perf_counter()
         texts = self.limits.check_prompts(prompts)
-        n_layers, size = self.check_options(layers, size)
+        n_layers, size, rule = self.check_options(layers, size, layer_rule)
         pil = self.load_image(image)
         self._tokenize_check(texts)
         img01 = prepare_image(pil, self.lm.image_size, self.patch, size)
         with self._model_in_use(deadline):
             exp = explain_image(self.lm, img01, texts, explain="both", layers=n_layers,
-                                single_head=bool(single_head), device=self.device)
+                                single_head=bool(single_head), device=self.device, layer_rule=rule)
         overlays = [viz.overlay(exp.image01, m) for m in exp.image_maps]
         captions = [f"{p} (cosine {s:.3f})" for p, s in zip(texts, exp.similarity.tolist())]
-        words_html = "\n".join(viz.token_html(w, np.asarray(sc, dtype=np.float32), title=c)
+        empty = viz.empty_words_message(exp.text_layer_rule, _SWITCH)
+        words_html = "\n".join(viz.token_html(w, np.asarray(sc, dtype=np.float32), title=c, empty_message=empty)
                                for c, w, sc in zip(captions, exp.words, exp.word_scores))
         return ExplainResult(explanation=exp, overlays=overlays, captions=captions, words_html=words_html,
                              seconds=time.perf_counter() - start)
 
     def compare_with_ig(self, image: Any, prompt: str, *, steps: int = 32, layers: Any = None,
-                        single_head: bool = False, size: str = "native",
+                        single_head: bool = False, size: str = "native", layer_rule: Optional[str] = None,
                         progress: Optional[Callable[[float, str], None]] = None
                         ) -> List[Tuple[np.ndarray, str]]:
         """Grad-ECLIP next to Integrated Gradients for one prompt, on the same scorer.
@@ -225,7 +237,7 @@ class ExplainService:
             image: The upload (see :meth:`load_image`).
             prompt: One prompt.
             steps: Integrated Gradients steps (at most ``limits.ig_max_steps``).
-            layers, single_head, size: As in :meth:`explain`.
+            layers, single_head, size, layer_rule: As in :meth:`explain`.
             progress: Called with (fraction done, what is running) as Integrated Gradients advances.
 
         Returns:
@@ -248,7 +260,7 @@ class ExplainService:
             raise RequestError(f"steps must be a whole number, got {steps!r}") from None
         if not 2 <= n_steps <= self.limits.ig_max_steps:
             raise RequestError(f"steps must be from 2 to {self.limits.ig_max_steps}, got {steps!r}")
-        n_layers, size = self.check_options(layers, size)
+        n_layers, size, rule = self.check_options(layers, size, layer_rule)
         pil = self.load_image(image)
         self._tokenize_check(texts)
         img01 = prepare_image(pil, self.lm.image_size, self.patch, size)
@@ -260,7 +272,8 @@ class ExplainService:
             scorer = ImageTextSimilarity(self.lm.model, self.lm.tokenize(texts))
             blocks = scorer.tower.blocks()[-n_layers:] if n_layers else None
             t0 = time.perf_counter()
-            ge_map = GradECLIP(scorer, blocks, single_head=bool(single_head)).attribute(pixels, target=0)
+            ge_map = GradECLIP(scorer, blocks, single_head=bool(single_head), layer_rule=rule).attribute(pixels,
+                                                                                                     target=0)
             t1 = time.perf_counter()
             done = [0]
 

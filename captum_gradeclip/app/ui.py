@@ -13,7 +13,7 @@ from typing import Any, Callable, List, Optional, Tuple, TypeVar
 import numpy as np
 
 from .limits import RequestError
-from .service import SIZE_MODES, ExplainService
+from .service import LAYER_RULE_CHOICES, SIZE_MODES, ExplainService
 
 try:
     import gradio as gr
@@ -73,8 +73,9 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
         return path, show(path)
 
     def explain(image: Optional[str], prompts: str, layers: float = 0, single_head: bool = False,
-                size: str = "native") -> Tuple[List[Tuple[str, str]], str, str, str]:
-        result = _guarded(service.explain, image, prompts, layers=layers, single_head=single_head, size=size)
+                size: str = "native", layer_rule: str = "default") -> Tuple[List[Tuple[str, str]], str, str, str]:
+        result = _guarded(service.explain, image, prompts, layers=layers, single_head=single_head, size=size,
+                          layer_rule=layer_rule)
         exp = result.explanation
         best = int(np.argmax(exp.similarity))
         status = (f"Explained {len(exp.prompts)} prompt(s) in {result.seconds:.2f} s with {service.lm.name}. "
@@ -84,11 +85,11 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
         return overlays, result.words_html, str(_guarded(service.save_maps, result)), status
 
     def compare(image: Optional[str], prompt: str, steps: float, layers: float, single_head: bool, size: str,
-                progress: gr.Progress = gr.Progress()) -> List[Tuple[str, str]]:
+                layer_rule: str = "default", progress: gr.Progress = gr.Progress()) -> List[Tuple[str, str]]:
         def report(fraction: float, desc: str) -> None:
             progress(fraction, desc=desc)
         pairs = _guarded(service.compare_with_ig, image, prompt, steps=steps, layers=layers,
-                         single_head=single_head, size=size, progress=report)
+                         single_head=single_head, size=size, layer_rule=layer_rule, progress=report)
         return [(str(service.save_png(o, f"compare_{i}")), c) for i, (o, c) in enumerate(pairs, 1)]
 
     with gr.Blocks(title=title, analytics_enabled=False, delete_cache=(900, 3600)) as app:
@@ -111,6 +112,9 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
                                               elem_id="single_head")
                     size = gr.Radio(list(SIZE_MODES), value="native", elem_id="size",
                                     label="Image size: native keeps the aspect ratio, model crops to a square")
+                    layer_rule = gr.Radio(list(LAYER_RULE_CHOICES), value="default", elem_id="layer_rule",
+                                          label="Layer rule for several layers (default: the paper's, "
+                                                "relu_then_sum for the image, sum_then_relu for the words)")
                 run = gr.Button("Explain", variant="primary", elem_id="run")
             with gr.Column():
                 status = gr.Markdown(elem_id="status")
@@ -129,10 +133,10 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
 
         image.upload(show, inputs=image, outputs=preview, api_visibility="private")
         draw_button.click(draw, outputs=[image, preview], api_visibility="private")
-        run.click(explain, inputs=[image, prompts, layers, single_head, size],
+        run.click(explain, inputs=[image, prompts, layers, single_head, size, layer_rule],
                   outputs=[overlays, words, maps_file, status], api_name="explain", concurrency_id="model")
-        ig_run.click(compare, inputs=[image, ig_prompt, ig_steps, layers, single_head, size], outputs=ig_gallery,
-                     api_name="compare_with_ig", concurrency_id="model")
+        ig_run.click(compare, inputs=[image, ig_prompt, ig_steps, layers, single_head, size, layer_rule],
+                     outputs=ig_gallery, api_name="compare_with_ig", concurrency_id="model")
     return app
 
 
