@@ -245,3 +245,21 @@ def test_the_command_serves_this_machine_only_by_default(tmp_path):
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_every_failure_becomes_a_message_for_the_page(caplog):
+    import gradio as gr
+
+    from captum_gradeclip.app.limits import RequestError
+    from captum_gradeclip.app.ui import _guarded
+
+    def fail(err):
+        raise err
+    for err, expected in [(RequestError("no prompt: type at least one"), "no prompt: type at least one"),
+                          (ValueError("layer_rule must be one of"), "the request was refused: layer_rule must be"),
+                          (RuntimeError("CUDA out of memory at 0x7f..."), "the explanation failed (RuntimeError)")]:
+        with pytest.raises(gr.Error) as info:
+            _guarded(fail, err)
+        assert str(info.value.message).startswith(expected) and "0x7f" not in info.value.message
+    assert "CUDA out of memory" in caplog.text  # the unexpected one is logged on the server, in full
+    assert _guarded(lambda x: x + 1, 1) == 2
