@@ -239,3 +239,14 @@ def test_a_huggingface_model_is_served_too(hf_model_dir, tmp_path):
     np.testing.assert_array_equal(result.explanation.image_maps, direct.image_maps)
     assert result.explanation.words == direct.words and len(result.overlays) == 2
     assert _no_hooks_left(hf.model)
+
+
+def test_png_files_for_the_page(service):
+    small = np.zeros((64, 40, 3), dtype=np.uint8)
+    small[0, 0] = 255
+    up = np.asarray(Image.open(service.save_png(small, "preview", max_side=512, min_side=256)))
+    assert up.shape == (256, 160, 3) and up[:4, :4].min() == 255 and up[4, 4].max() == 0  # x4, pixels repeated
+    down = Image.open(service.save_png(Image.new("RGB", (2000, 1000)), "preview", max_side=512, min_side=256))
+    assert down.size == (512, 256)
+    same = service.save_png(small, "overlay")
+    np.testing.assert_array_equal(np.asarray(Image.open(same)), small)

@@ -307,8 +307,9 @@ class ExplainService:
         Image.fromarray(arr).save(path)
         return path
 
-    def save_png(self, image: Any, stem: str, max_side: Optional[int] = None) -> Path:
-        """An ``(H, W, 3)`` ``uint8`` array or a PIL image as a new PNG file (shrunk to ``max_side`` if given).
+    def save_png(self, image: Any, stem: str, max_side: Optional[int] = None, min_side: Optional[int] = None) -> Path:
+        """An ``(H, W, 3)`` ``uint8`` array or a PIL image as a new PNG file, shrunk to fit ``max_side`` or enlarged
+        by a whole factor (pixels repeated) to reach ``min_side`` if given.
 
         The web app hands files, not arrays, to Gradio: Gradio stores a returned file under a name derived from
         its content and publishes it atomically, so concurrent users who get identical pictures never download a
@@ -318,6 +319,9 @@ class ExplainService:
         pil = Image.fromarray(image) if isinstance(image, np.ndarray) else image.copy()
         if max_side is not None:
             pil.thumbnail((max_side, max_side))
+        if min_side is not None and max(pil.size) < min_side:
+            factor = -(-min_side // max(pil.size))
+            pil = pil.resize((pil.width * factor, pil.height * factor), Image.NEAREST)
         path = self._new_file(stem, ".png")
         pil.save(path)
         return path

@@ -66,7 +66,8 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
     def show(image: Optional[str]) -> Optional[str]:
         if image is None:
             return None
-        return str(_guarded(service.save_png, _guarded(service.load_image, image), "preview", max_side=PREVIEW_SIDE))
+        return str(_guarded(service.save_png, _guarded(service.load_image, image), "preview", max_side=PREVIEW_SIDE,
+                            min_side=PREVIEW_SIDE // 2))
 
     def draw() -> Tuple[str, str]:
         path = str(service.draw_scene())
