@@ -19,6 +19,7 @@ from .adapters.attention import AttentionAdapter, attention_adapter, attention_o
     is_attention_module, single_head_output
 from .adapters.base import RowTail, TokenLayout, Tower
 from .errors import LayerNotExecutedError, UnsupportedModelError
+from .hooking import calling_thread_only, check_runs, model_lock
 from .targets import check_target, index_tensor, single_input, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
@@ -192,7 +193,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         def select(scores: Tensor) -> Tensor:
             return target_columns(scores, target)[:, None]
 
-        maps = self._attribute(x, additional_forward_args, select)[:, 0]
+        with model_lock(self.tower.model):  # one call at a time per model (see captum_gradeclip.hooking)
+            maps = self._attribute(x, additional_forward_args, select)[:, 0]
         if self.tower.side == "image":
             maps = maps[:, None]
         return (maps,) if is_tuple else maps
@@ -234,7 +236,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             index = index_tensor([c % scores.shape[1] for c in cols], scores.device)
             return index[None, :].expand(scores.shape[0], -1)
 
-        return self._attribute(x, additional_forward_args, select)
+        with model_lock(self.tower.model):
+            return self._attribute(x, additional_forward_args, select)
 
     # ------------------------------------------------------------------------------------------------------
     def _attribute(self, inputs: Tensor, additional_forward_args: Any,
@@ -329,13 +332,15 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 records["cut"] = _Record(attention_adapter(fast.last))
             last = records[str(fast.first) if fast.first >= 0 else "cut"]
         handles = []
+        # hooks fire for every thread's forward through a module: each records only this call's thread (and the
+        # model's lock, held by the caller, keeps other calls of this package out)
 
         def pre_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
                 rec.args, rec.kwargs = args, kwargs
                 if cut and rec is last:
                     torch.set_grad_enabled(False)  # nothing after this input needs a graph (restored by no_grad())
-            return hook
+            return calling_thread_only(hook)
 
         def out_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Any:
@@ -365,7 +370,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 scatter = onehot.to(y.dtype) * weight[..., None].to(y.dtype)
                 rec.probe = probe
                 return adapter.replace_output(output, y + torch.einsum("nql,nqd->nld", scatter, probe))
-            return hook
+            return calling_thread_only(hook)
 
         def block_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
@@ -373,7 +378,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, _ = self._queries(layout, x.shape[0], x.shape[1], x.device)
                 row = x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
                 rec.block_in = row if cut else row.detach()  # cut: keeps the graph back to earlier layers
-            return hook
+            return calling_thread_only(hook)
 
         try:
             for i, module in enumerate(self.attention_modules):
@@ -395,13 +400,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         finally:
             for h in handles:
                 h.remove()
-        for i, module in enumerate(self.attention_modules):
-            runs = records[str(i)].runs
-            if runs != 1:
-                what = "did not run" if runs == 0 else f"ran {runs} times"
-                raise LayerNotExecutedError(
-                    f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
-                    "pass blocks of the tower that the scorer encodes")
+        check_runs(self.attention_modules, [records[str(i)].runs for i in range(len(self.attention_modules))])
         records["__scores__"] = scores
         records["__embedding__"] = embedding
         return records

@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from .adapters import image_tower, text_tower
 from .adapters.base import Tower
 from .adapters.hf import split_text_inputs
+from .hooking import model_lock
 
 
 class _Similarity(nn.Module):
@@ -34,7 +35,8 @@ class _Similarity(nn.Module):
     def embed(self, inputs: Tensor, *additional_forward_args: Any) -> Tensor:
         """Embeddings ``(N, E)`` of the explained side (not normalised)."""
         self.tower.validate(inputs, *additional_forward_args)
-        return self.tower.encode(inputs, *additional_forward_args)
+        with model_lock(self.tower.model):  # never inside another call's hooked forward (captum_gradeclip.hooking)
+            return self.tower.encode(inputs, *additional_forward_args)
 
     def score(self, embeddings: Tensor) -> Tensor:
         """Cosine similarities ``(N, K)`` of embeddings with the fixed side, computed in float32."""
