@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -70,6 +70,20 @@ def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
         if isinstance(a, Tensor):
             return a
     raise LayerNotExecutedError("the explained block received no tensor input")
+
+
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that a device (or the host) ran out of memory."""
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _transform_limit(error: BaseException) -> bool:
+    """Whether ``error`` is a limitation of the batched backward or of ``torch.func``'s transforms (an op without a
+    batching rule, an ``autograd.Function`` without ``setup_context``), which an unbatched backward can run."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        word in text for word in ("vmap", "batching rule", "batched", "functorch", "setup_context", "torch.func"))
 
 
 def _autocast_on(device: torch.device) -> bool:
@@ -162,6 +176,13 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         self.attention_modules: List[nn.Module] = tower.resolve(blocks)
         self.single_head = bool(single_head)
         self.chunk_size = chunk_size
+        self._warned: Set[str] = set()  # messages of _warn_once (calls run under the model's lock)
+
+    def _warn_once(self, message: str) -> None:
+        """A RuntimeWarning the first time this explainer meets ``message``."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------------------------------------------------
     @log_usage()
@@ -411,15 +432,45 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         size = self.chunk_size or max(1, min(_AUTO_MAX_TARGETS, _AUTO_MAX_ROWS // max(rows, 1)))
         return [slice(j, min(j + size, k)) for j in range(0, k, size)]
 
+    def _chunked(self, k: int, rows: int, run: Callable[[slice, bool], Any]) -> Iterator[Any]:
+        """``run(part, last)`` for the slices of :meth:`_chunks`, in order. A chunk that runs out of memory is
+        retried in halves (with a warning; the graph is still whole, see :meth:`_vjp`); a single target that does
+        not fit raises the out-of-memory error itself."""
+        parts = self._chunks(k, rows)
+        while parts:
+            part = parts.pop(0)
+            try:
+                result = run(part, part.stop == k)
+            except RuntimeError as error:
+                size = part.stop - part.start
+                if not _out_of_memory(error) or size == 1:
+                    raise
+                half = part.start + (size + 1) // 2
+                warnings.warn(f"out of memory in a batched backward of {size} targets; retrying {half - part.start}"
+                              f" at a time (pass chunk_size={half - part.start} or less to start there)",
+                              RuntimeWarning, stacklevel=2)
+                parts[:0] = [slice(part.start, half), slice(half, part.stop)]
+                continue
+            yield result
+
     def _vjp(self, outputs: Tensor, wrt: List[Tensor], vectors: Tensor, retain: bool) -> List[Tensor]:
-        """B vector-Jacobian products at once: ``vectors`` ``(B, *outputs.shape)``; a list of ``(B, *t.shape)``."""
+        """B vector-Jacobian products at once: ``vectors`` ``(B, *outputs.shape)``; a list of ``(B, *t.shape)``.
+
+        The batched backward keeps the graph whatever ``retain`` says, so that a failure can be retried on it:
+        an op that the batched backward cannot run (no batching rule) is retried one vector at a time, and an
+        out-of-memory error is retried by :meth:`_chunked` in smaller chunks (the graph is freed when the caller
+        drops it). Any other error is the model's own and reaches the caller as itself. ``retain``: whether the
+        caller needs the graph after this call (only the one-vector-at-a-time retry may free it)."""
         b = vectors.shape[0]
         try:
-            grads = torch.autograd.grad(outputs, wrt, grad_outputs=vectors, retain_graph=retain,
+            grads = torch.autograd.grad(outputs, wrt, grad_outputs=vectors, retain_graph=True,
                                         is_grads_batched=True, allow_unused=True)
-        except RuntimeError:  # an op without a batching rule: one backward per vector
-            per = [torch.autograd.grad(outputs, wrt, grad_outputs=v, retain_graph=True, allow_unused=True)
-                   for v in vectors]
+        except RuntimeError as error:
+            if _out_of_memory(error) or not _transform_limit(error):
+                raise
+            per = [torch.autograd.grad(outputs, wrt, grad_outputs=v, retain_graph=retain or j < b - 1,
+                                       allow_unused=True)
+                   for j, v in enumerate(vectors)]
             grads = tuple(torch.stack([p[i] if p[i] is not None else torch.zeros_like(wrt[i]) for p in per])
                           for i in range(len(wrt)))
         return [g if g is not None else torch.zeros((b,) + tuple(t.shape), dtype=t.dtype, device=t.device)
@@ -445,14 +496,14 @@ class GradECLIP(LayerAttribution, GradientAttribution):
 
         eye = unit_vectors(k, torch.float32)
         if k <= e:
-            chunks = [targets_to_leaves(eye[part], part.stop == k) for part in self._chunks(k, rows)]
+            chunks = list(self._chunked(k, rows, lambda part, last: targets_to_leaves(eye[part], last)))
             return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(leaves))]
-        at_embedding = torch.cat([targets_to_embedding(eye[part], part.stop == k)
-                                  for part in self._chunks(k, n)]).float()  # (K, N, E)
+        at_embedding = torch.cat(list(self._chunked(k, n, lambda part, last: targets_to_embedding(eye[part], last))
+                                      )).float()  # (K, N, E)
         basis = unit_vectors(e, leaves[0].dtype)
         sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in leaves]
-        for part in self._chunks(e, rows):
-            for acc, g in zip(sums, embedding_to_leaves(basis[part], part.stop == e)):  # J^T u_k, in float32
+        for part, grads in self._chunked(e, rows, lambda part, last: (part, embedding_to_leaves(basis[part], last))):
+            for acc, g in zip(sums, grads):  # J^T u_k, in float32
                 acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
         return [acc.to(t.dtype) for acc, t in zip(sums, leaves)]
 
@@ -588,16 +639,24 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         low_precision = _autocast_on(device)
         k = columns.shape[1]
         n = scores.shape[0]
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            embedding, pull = vjp(path, *leaves)
-            if not self._reproduces(self.forward_func.score(embedding), scores, low_precision):
-                return None
-            _, pull_scores = vjp(lambda f: self.forward_func.score(f).gather(1, columns), embedding)
-            return self._pull_back(
-                k, embedding.shape[1], n, n, leaves,
-                lambda vectors, last: vmap(pull)(vmap(pull_scores)(vectors)[0].to(embedding.dtype)),
-                lambda vectors, last: vmap(pull_scores)(vectors)[0],
-                lambda vectors, last: vmap(pull)(vectors))
+        try:
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                embedding, pull = vjp(path, *leaves)
+                if not self._reproduces(self.forward_func.score(embedding), scores, low_precision):
+                    return None
+                _, pull_scores = vjp(lambda f: self.forward_func.score(f).gather(1, columns), embedding)
+                return self._pull_back(
+                    k, embedding.shape[1], n, n, leaves,
+                    lambda vectors, last: vmap(pull)(vmap(pull_scores)(vectors)[0].to(embedding.dtype)),
+                    lambda vectors, last: vmap(pull_scores)(vectors)[0],
+                    lambda vectors, last: vmap(pull)(vectors))
+        except RuntimeError as error:  # e.g. an autograd.Function without setup_context after the explained layer
+            if _out_of_memory(error) or not _transform_limit(error):
+                raise
+            self._warn_once(f"the fast path of GradECLIP cannot run through this model with torch.func ({error}); "
+                       "using the full backward instead (the same maps, slower). An autograd.Function after the "
+                       "explained layer needs setup_context (and generate_vmap_rule=True) for the fast path")
+            return None
 
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
         per_layer = []

@@ -113,3 +113,93 @@ def test_a_real_double_run_names_the_cause(images, tokens):
             GradECLIP(ImageTextSimilarity(model, tokens), block).attribute(images, target=0)
     finally:
         handle.remove()
+
+
+# --------------------------------------------------------------------------- errors and Functions in the backward
+def identity_function(old_style: bool = False, error=None, failures: int = 0):
+    """An identity ``autograd.Function`` (new style with a generated vmap rule, or old style without
+    ``setup_context``) whose backward raises ``error`` on its first ``failures`` calls (every call: -1)."""
+    left = [failures]
+
+    def backward(ctx, grad):
+        if error is not None and left[0] != 0:
+            left[0] -= 1
+            raise error
+        return grad
+
+    if old_style:
+        return type("OldStyleIdentity", (torch.autograd.Function,), dict(
+            forward=staticmethod(lambda ctx, x: x.clone()), backward=staticmethod(backward)))
+    return type("Identity", (torch.autograd.Function,), dict(
+        generate_vmap_rule=True, forward=staticmethod(lambda x: x.clone()),
+        setup_context=staticmethod(lambda ctx, inputs, output: None), backward=staticmethod(backward)))
+
+
+class after_layer:
+    """Applies ``function`` to the output of ``module`` (a forward hook, removed on exit)."""
+
+    def __init__(self, module, function):
+        self.module, self.function = module, function
+
+    def __enter__(self):
+        self.handle = self.module.register_forward_hook(lambda m, args, out: self.function.apply(out))
+
+    def __exit__(self, *exc):
+        self.handle.remove()
+
+
+def _sides(model, images, tokens):
+    """(name, explainer factory, inputs, module after the explained layers) for the fast and full paths."""
+    image = ImageTextSimilarity(model, tokens)
+    text = TextImageSimilarity(model, images)
+    blocks = list(model.visual.transformer.resblocks)
+    return [("image fast", lambda **kw: GradECLIP(image, **kw), images, model.visual.ln_post),
+            ("image cut", lambda **kw: GradECLIP(image, blocks, **kw), images, model.visual.ln_post),
+            ("image full", lambda **kw: GradECLIP(image, blocks, single_head=True, **kw), images,
+             model.visual.ln_post),
+            ("text row tail", lambda **kw: GradECLIP(text, **kw), tokens, model.ln_final),
+            ("text full", lambda **kw: GradECLIP(text, single_head=True, **kw), tokens, model.ln_final)]
+
+
+def test_old_style_function_after_the_layer_falls_back_to_the_full_backward(oc_model, images, tokens):
+    """An autograd.Function without setup_context after the explained layer: the fast paths fall back to the full
+    backward with one warning per explainer; the maps equal those without it."""
+    for name, make, x, after in _sides(oc_model, images, tokens):
+        expected = make().attribute_all(x)
+        ge = make()
+        with after_layer(after, identity_function(old_style=True)):
+            with warnings.catch_warnings(record=True) as first:
+                warnings.simplefilter("always")
+                got = ge.attribute_all(x)
+            with warnings.catch_warnings(record=True) as second:
+                warnings.simplefilter("always")
+                again = ge.attribute(x, target=1)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5, msg=name)
+        torch.testing.assert_close(again.reshape(expected[:, 1].shape), expected[:, 1], atol=1e-6, rtol=1e-5, msg=name)
+        fell_back = [w for w in first if "full backward" in str(w.message)]
+        assert len(fell_back) == (1 if name in ("image fast", "text row tail") else 0), name
+        assert not [w for w in second if "full backward" in str(w.message)], name
+
+
+def test_a_real_backward_error_reaches_the_user_as_itself(oc_model, images, tokens):
+    for name, make, x, after in _sides(oc_model, images, tokens):
+        for old_style in (False, True):
+            bug = identity_function(old_style, RuntimeError("injected bug in a backward"), failures=-1)
+            with after_layer(after, bug), pytest.raises(RuntimeError) as caught:
+                make().attribute_all(x)
+            assert "injected bug" in str(caught.value), (name, old_style, str(caught.value)[:200])
+
+
+def test_out_of_memory_halves_the_chunk_and_then_raises_itself(oc_model, images, tokens):
+    for name, make, x, after in _sides(oc_model, images, tokens):
+        expected = make().attribute_all(x)
+        k = expected.shape[1]
+        once = identity_function(error=torch.OutOfMemoryError("injected: out of memory"), failures=1)
+        with after_layer(after, once), pytest.warns(RuntimeWarning, match=f"batched backward of {k} targets; "
+                                                                           f"retrying {(k + 1) // 2} at a time"):
+            got = make(chunk_size=k).attribute_all(x)
+        torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5, msg=name)
+        never = identity_function(error=torch.OutOfMemoryError("injected: out of memory"), failures=-1)
+        with after_layer(after, never), pytest.warns(RuntimeWarning, match="retrying 1 at a time"), \
+                pytest.raises(torch.OutOfMemoryError, match="injected: out of memory"):
+            make(chunk_size=k).attribute_all(x)
