@@ -266,6 +266,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         extra = _format_additional_forward_args(additional_forward_args) or ()
         tower = self.tower
         tower.validate(inputs, *extra)
+        if may_crop:  # once per call (the cropped call below comes back here)
+            tower.check_values(inputs)
+        if inputs.shape[0] == 0:
+            return self._empty(inputs, extra, select)
         if tower.root.training:
             warnings.warn(f"the {tower.side} tower is in training mode: dropout or patch dropout can make the maps "
                           "random; call model.eval() first (GradECLIP never changes the mode itself)",
@@ -295,6 +299,16 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 embedding = records.pop("__embedding__")
                 grads = self._gradients(scores, embedding, columns, records, None, layout)
             return self._maps(records, grads, layout)
+
+    def _empty(self, inputs: Tensor, extra: Tuple[Any, ...], select: Callable[[Tensor], Tensor]) -> Tensor:
+        """The result of an empty batch (N = 0): ``(0, K, h, w)`` or ``(0, K, L)``, the targets validated as usual."""
+        columns = select(torch.zeros(0, self.forward_func.num_targets, device=inputs.device))  # (0, K)
+        layout = self.tower.layout(inputs, *extra, single_head=self.single_head)
+        if layout.grid is not None:
+            size = tuple(layout.grid)
+        else:
+            size = (layout.report_mask.shape[1] if layout.positions is None else layout.positions.numel(),)
+        return torch.zeros((0, columns.shape[1]) + size, device=inputs.device)
 
     def _fast_path(self, layout: TokenLayout) -> Optional[_Fast]:
         """The pooled tail (one explained layer in the last block) or the row tail (causal towers), if any."""

@@ -30,7 +30,9 @@ class _Similarity(nn.Module):
         super().__init__()
         self.model = model
         self.tower = tower
-        self.register_buffer("fixed_features", F.normalize(fixed.detach().float(), dim=-1), persistent=False)
+        with torch.inference_mode(False):  # built under inference_mode: a normal tensor, usable by autograd later
+            fixed = F.normalize(fixed.detach().float().clone(), dim=-1)
+        self.register_buffer("fixed_features", fixed, persistent=False)
 
     def embed(self, inputs: Tensor, *additional_forward_args: Any) -> Tensor:
         """Embeddings ``(N, E)`` of the explained side (not normalised)."""
@@ -47,6 +49,10 @@ class _Similarity(nn.Module):
         return F.normalize(embeddings.float(), dim=-1) @ fixed.t().to(embeddings.device)
 
     def forward(self, inputs: Tensor, *additional_forward_args: Any) -> Tensor:
+        self.tower.check_values(inputs)
+        if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] == 0:  # an empty batch: (0, T)
+            self.tower.validate(inputs, *additional_forward_args)
+            return self.fixed_features.new_zeros(0, self.num_targets)
         return self.score(self.embed(inputs, *additional_forward_args))
 
     @property
@@ -57,6 +63,13 @@ class _Similarity(nn.Module):
 
 def _is_embedding_matrix(x: Any) -> bool:
     return isinstance(x, Tensor) and x.is_floating_point() and x.dim() == 2
+
+
+def _check_fixed_side(items: Any, what: str) -> None:
+    """The fixed side needs at least one text or image: a ValueError that says so for an empty batch."""
+    if isinstance(items, Tensor) and items.dim() > 0 and items.shape[0] == 0:
+        raise ValueError(f"the fixed side is empty: the scorer needs at least one {what} (got a tensor of shape "
+                         f"{tuple(items.shape)}); every output column is one of them")
 
 
 class ImageTextSimilarity(_Similarity):
@@ -88,10 +101,13 @@ class ImageTextSimilarity(_Similarity):
         else:
             other = text_tower(model)
             ids, mask = split_text_inputs(texts)
+            _check_fixed_side(ids, "text")
             extra = () if mask is None else (mask,)
             other.validate(ids, *extra)
-            with torch.no_grad():
+            other.check_values(ids)
+            with torch.no_grad(), model_lock(other.model):
                 fixed = other.encode(ids, *extra)
+        _check_fixed_side(fixed, "text")
         super().__init__(model, tower, fixed)
 
 
@@ -114,12 +130,14 @@ class TextImageSimilarity(_Similarity):
 
     def __init__(self, model: nn.Module, images: Any) -> None:
         tower = text_tower(model)
+        _check_fixed_side(images, "image")
         if _is_embedding_matrix(images):
             fixed = images
         else:
             other = image_tower(model)
             other.validate(images)
-            with torch.no_grad():
+            other.check_values(images)
+            with torch.no_grad(), model_lock(other.model):
                 fixed = other.encode(images)
         super().__init__(model, tower, fixed)
 

@@ -203,3 +203,122 @@ def test_out_of_memory_halves_the_chunk_and_then_raises_itself(oc_model, images,
         with after_layer(after, never), pytest.warns(RuntimeWarning, match="retrying 1 at a time"), \
                 pytest.raises(torch.OutOfMemoryError, match="injected: out of memory"):
             make(chunk_size=k).attribute_all(x)
+
+
+# ------------------------------------------------------------------------------------------------ Captum targets
+def test_every_captum_target_form_for_a_2d_output_equals_the_int_form(oc_model, images, tokens):
+    """Every target form that Captum accepts for an (N, T) output (Saliency takes each) gives the int form's maps."""
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    methods = [GradECLIP(scorer), GradECLIP(scorer, list(oc_model.visual.transformer.resblocks)),
+               TokenGradCAM(scorer)]
+    same = [1, -2, (1,), [1, 1], [(1,), (1,)], torch.tensor(1), torch.tensor([1]), torch.tensor([1, 1])]
+    for method in methods:
+        expected = method.attribute(images, target=1)
+        for target in same:
+            torch.testing.assert_close(method.attribute(images, target=target), expected, atol=0, rtol=0,
+                                       msg=f"{type(method).__name__} {target!r}")
+        per_example = method.attribute(images, target=[(0,), (2,)])
+        torch.testing.assert_close(per_example, method.attribute(images, target=[0, 2]), atol=0, rtol=0)
+        torch.testing.assert_close(per_example[1], method.attribute(images[1:], target=2)[0], atol=1e-6, rtol=1e-5)
+    for target in same + [[(0,), (2,)]]:  # Captum itself takes all of them
+        Saliency(scorer).attribute(images.clone(), target=target)
+    with pytest.raises(ValueError, match="one int"):
+        methods[0].attribute(images, target=[(0, 1), (2, 1)])
+    with pytest.raises(ValueError, match="out of range"):
+        methods[0].attribute(images, target=[(0,), (3,)])
+
+
+# -------------------------------------------------------------------------------------------------- empty batches
+def test_empty_batch_gives_an_empty_result_of_the_right_shape(oc_model, hf_model, images, tokens):
+    for model in (oc_model, hf_model):
+        image = ImageTextSimilarity(model, tokens)
+        text = TextImageSimilarity(model, images)
+        assert GradECLIP(image).attribute(images[:0], target=0).shape == (0, 1, 4, 4)
+        assert GradECLIP(image, single_head=True).attribute(images[:0], target=[]).shape == (0, 1, 4, 4)
+        assert GradECLIP(image).attribute_all(images[:0]).shape == (0, 3, 4, 4)
+        assert GradECLIP(image).attribute_all(images[:0], [0, 2]).shape == (0, 2, 4, 4)
+        assert GradECLIP(text).attribute(tokens[:0], target=1).shape == (0, tokens.shape[1])
+        assert GradECLIP(text).attribute_all(tokens[:0]).shape == (0, 2, tokens.shape[1])
+        assert TokenGradCAM(image).attribute(images[:0], target=0).shape == (0, 1, 4, 4)
+        assert AttentionRollout(text).attribute((tokens[:0],))[0].shape == (0, tokens.shape[1])
+        assert image(images[:0]).shape == (0, 3)
+        assert text(tokens[:0]).shape == (0, 2)
+        with pytest.raises(ValueError, match="out of range"):  # the targets are still checked
+            GradECLIP(image).attribute(images[:0], target=7)
+
+
+def test_empty_fixed_side_is_refused_at_construction(oc_model, images, tokens):
+    with pytest.raises(ValueError, match="fixed side is empty.*at least one text"):
+        ImageTextSimilarity(oc_model, tokens[:0])
+    with pytest.raises(ValueError, match="fixed side is empty.*at least one text"):
+        ImageTextSimilarity(oc_model, torch.zeros(0, 32))
+    with pytest.raises(ValueError, match="fixed side is empty.*at least one image"):
+        TextImageSimilarity(oc_model, images[:0])
+    with pytest.raises(ValueError, match="fixed side is empty.*at least one image"):
+        TextImageSimilarity(oc_model, torch.zeros(0, 32))
+
+
+# ------------------------------------------------------------------------------------------------- inference mode
+def test_scorers_built_under_inference_mode_work_everywhere(oc_model, hf_model, images, tokens):
+    for model in (oc_model, hf_model):
+        with torch.inference_mode():
+            image = ImageTextSimilarity(model, tokens)
+            text = TextImageSimilarity(model, images)
+            inference_images, inference_tokens = images.clone(), tokens.clone()  # inference tensors as inputs too
+        plain_image, plain_text = ImageTextSimilarity(model, tokens), TextImageSimilarity(model, images)
+        assert not image.fixed_features.is_inference()
+        pairs = [(GradECLIP(image).attribute_all(images), GradECLIP(plain_image).attribute_all(images)),
+                 (GradECLIP(image, single_head=True).attribute(images, target=1),
+                  GradECLIP(plain_image, single_head=True).attribute(images, target=1)),
+                 (GradECLIP(text).attribute_all(tokens), GradECLIP(plain_text).attribute_all(tokens)),
+                 (TokenGradCAM(image).attribute(images, target=2), TokenGradCAM(plain_image).attribute(images, target=2)),
+                 (Saliency(image).attribute(images.clone(), target=0),
+                  Saliency(plain_image).attribute(images.clone(), target=0))]
+        with torch.inference_mode():  # explainers called under inference mode, on inference tensors
+            pairs.append((GradECLIP(image).attribute_all(inference_images), pairs[0][1]))
+            pairs.append((GradECLIP(text).attribute(inference_tokens, target=0), pairs[2][1][:, 0]))
+        for got, expected in pairs:
+            torch.testing.assert_close(got, expected, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------------------------------- bad values
+def test_token_ids_outside_the_vocabulary_are_named(oc_model, hf_model, images, tokens):
+    bad = tokens.clone()
+    bad[2, 3], bad[0, 1] = 100, -1
+    for model in (oc_model, hf_model):
+        text = TextImageSimilarity(model, images)
+        expected = r"token ids \[-1, 100\] in examples \[0, 2\] are outside the vocabulary of size 100 \(ids 0..99\)"
+        for call in (lambda: GradECLIP(text).attribute(bad, target=0), lambda: GradECLIP(text).attribute_all(bad),
+                     lambda: AttentionRollout(text).attribute(bad, target=0), lambda: text(bad),
+                     lambda: ImageTextSimilarity(model, bad)):
+            with pytest.raises(ValueError, match=expected):
+                call()
+
+
+def test_nan_or_inf_pixels_are_named(oc_model, hf_model, images, tokens):
+    bad = torch.cat([images, images])
+    bad[1, 0, 3, 3], bad[3, 2, 0, 0] = float("nan"), float("-inf")
+    for model in (oc_model, hf_model):
+        image = ImageTextSimilarity(model, tokens)
+        for call in (lambda: GradECLIP(image).attribute(bad, target=0), lambda: GradECLIP(image).attribute_all(bad),
+                     lambda: TokenGradCAM(image).attribute(bad, target=0), lambda: image(bad),
+                     lambda: TextImageSimilarity(model, bad)):
+            with pytest.raises(ValueError, match=r"inputs \[1, 3\] \(of N=4\) contain NaN or infinite values"):
+                call()
+
+
+# ------------------------------------------------------------------------------------ TokenGradCAM on an output
+def test_token_gradcam_on_the_last_block_output_warns(oc_model, images, tokens):
+    image = ImageTextSimilarity(oc_model, tokens)
+    last = oc_model.visual.transformer.resblocks[-1]
+    with pytest.warns(UserWarning, match="all zero; pass attribute_to_layer_input=True"):
+        zero = TokenGradCAM(image, last).attribute(images, target=0)
+    assert torch.count_nonzero(zero) == 0  # what the warning is about
+    with pytest.warns(UserWarning, match="attribute_to_layer_input=True"):
+        TokenGradCAM(TextImageSimilarity(oc_model, images), oc_model.transformer.resblocks[-1].attn)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.count_nonzero(TokenGradCAM(image, last, attribute_to_layer_input=True).attribute(
+            images, target=0)) > 0
+        TokenGradCAM(image)
+        TokenGradCAM(image, oc_model.visual.transformer.resblocks[0])  # its output is the last block's input

@@ -280,6 +280,10 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         x, is_tuple = single_input(inputs, type(self).__name__)
         extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
         self.tower.validate(x, *extra)
+        if x.shape[0] == 0:  # an empty batch: an empty result of the right shape
+            layout = self.tower.layout(x, *extra)
+            out = self._shape(torch.zeros(0, layout.report_mask.shape[1], device=x.device), layout)
+            return (out,) if is_tuple else out
         # one call at a time per model: hooks fire for every forward through a module (see captum_gradeclip.hooking)
         with model_lock(self.tower.model), torch.inference_mode(False):
             layout = self.tower.layout(x, *extra)
@@ -296,6 +300,8 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         values = values.float() * layout.report_mask.to(values.device)
         if layout.grid is None:
             return values
-        keep = layout.report_mask[0]
         h, w = layout.grid
+        if values.shape[0] == 0:
+            return values.new_zeros(0, 1, h, w)
+        keep = layout.report_mask[0]
         return values[:, keep].reshape(values.shape[0], 1, h, w)
