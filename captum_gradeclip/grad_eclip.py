@@ -126,6 +126,17 @@ class GradECLIP(LayerAttribution, GradientAttribution):
     block's attention as one head over the full width (and, on the text side, normalises :math:`\lambda` over
     every context position, padding included).
 
+    Threads: one explainer, or several explainers of this package on one model, may be called from several
+    threads at once and give exactly the sequential maps. Each call holds the model's re-entrant lock
+    (:func:`~captum_gradeclip.hooking.model_lock`) from validation to the maps, and its hooks record only the
+    calling thread's forward, so calls on one model run one at a time (use one model copy per worker for
+    parallel work). A lock rather than per-thread records alone: on CUDA the autograd engine runs backward work
+    on its own device threads.
+
+    Errors in the backward pass reach the caller as themselves; a batched backward that runs out of memory is
+    retried with half the targets (with a warning), and a single target that does not fit raises the
+    out-of-memory error itself.
+
     Args:
         forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
             explained; it tells which tower (image or text) and which tokens are explained.
