@@ -38,9 +38,11 @@ def _run_threads(jobs, threads: int = 4, repeats: int = 3):
 
 
 # ------------------------------------------------------------------------------------------------------ threads
-def test_threads_give_exactly_the_sequential_maps(oc_model, images, tokens):
+def test_threads_give_exactly_the_sequential_maps(oc_model, hf_model, images, tokens):
     """4 threads x 3 calls of image and text explainers on ONE model (fast paths, full backward, several layers
-    single-head, baselines, Captum's Saliency on the same scorer) equal the sequential results."""
+    single-head, baselines, Captum's Saliency on the same scorer) equal the sequential results; a HuggingFace
+    model's image and text sides join in at the same time."""
+    hf_image, hf_text = ImageTextSimilarity(hf_model, tokens), TextImageSimilarity(hf_model, images)
     image_scorer = ImageTextSimilarity(oc_model, tokens)
     text_scorer = TextImageSimilarity(oc_model, images)
     blocks = list(oc_model.visual.transformer.resblocks)
@@ -54,6 +56,10 @@ def test_threads_give_exactly_the_sequential_maps(oc_model, images, tokens):
         "token gradcam": lambda: TokenGradCAM(image_scorer).attribute(images, target=1),
         "rollout": lambda: AttentionRollout(text_scorer).attribute(tokens, target=0),
         "game": lambda: GradientWeightedAttention(image_scorer).attribute(images, target=0),
+        "hf image fast": lambda: GradECLIP(hf_image).attribute_all(images),
+        "hf image full": lambda: GradECLIP(hf_image, list(hf_model.vision_model.encoder.layers),
+                                           single_head=True).attribute_all(images),
+        "hf text row tail": lambda: GradECLIP(hf_text).attribute_all(tokens),
         # Captum's Saliency sets requires_grad on its input tensor and resets it: its own copy per call
         "saliency": lambda: Saliency(image_scorer).attribute(images.clone(), target=2),
     }
