@@ -128,7 +128,8 @@ def test_every_hf_family_at_most_the_allowed_syncs():
         ids, mask, _ = cov.texts(family)
         extra = None if mask is None else (mask,)
         imgs = cov.images(n=2)
-        image_scorer, text_scorer = ImageTextSimilarity(model, cov.text_inputs(family)), TextImageSimilarity(model, imgs)
+        image_scorer = ImageTextSimilarity(model, cov.text_inputs(family))
+        text_scorer = TextImageSimilarity(model, imgs)
         _check(_record(lambda: GradECLIP(image_scorer, chunk_size=1).attribute_all(imgs)))
         _check(_record(lambda: GradECLIP(text_scorer, chunk_size=1).attribute_all(ids, additional_forward_args=extra)))
 
