@@ -169,8 +169,8 @@ class Tower(abc.ABC):
         """Raise a ValueError for input values that no forward pass can explain: NaN or infinite pixels (image side;
         they would give all-NaN maps) and token ids outside the vocabulary (text side; torch would only say "index
         out of range in self"). The message names the examples (and the ids). One host-device sync per call."""
-        if not isinstance(inputs, Tensor) or inputs.dim() == 0 or inputs.numel() == 0:
-            return
+        if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.numel() == 0:
+            return  # other shapes are validate()'s to refuse
         if inputs.is_floating_point():
             bad = ~torch.isfinite(inputs).flatten(1).all(dim=1)  # (N,)
             if bool(bad.any()):
