@@ -12,6 +12,7 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from ..hooking import model_lock
 from . import hf_attention  # noqa: F401  (registers the BERT-style and BLIP attention adapters)
 from .attention import AttentionAdapter, attention_adapter, is_attention_module
 from .base import TokenLayout, Tower
@@ -178,11 +179,12 @@ def encode_fixed(model: nn.Module, side: str, inputs: Tensor, attention_mask: Op
         encoder = _own_encoder(model, side)
         if encoder is None:
             raise
-        with torch.no_grad():
+        with torch.no_grad(), model_lock(model):
             return encoder(inputs, attention_mask)
     extra = () if attention_mask is None else (attention_mask,)
     tower.validate(inputs, *extra)
-    with torch.no_grad():
+    tower.check_values(inputs)
+    with torch.no_grad(), model_lock(tower.model):
         return tower.encode(inputs, *extra)
 
 
