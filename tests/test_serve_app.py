@@ -1,7 +1,6 @@
 """``gradeclip serve`` over HTTP: the ``/explain`` endpoint through ``gradio_client``, simultaneous users, hostile
 uploads refused while others are served, the queue limit, server-side paths out of reach, the default bind."""
 
-import threading
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
@@ -11,7 +10,7 @@ from PIL import Image
 pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 from gradio_client import Client, handle_file  # noqa: E402
-from serve_server import start  # noqa: E402
+from serve_server import model_held, start  # noqa: E402
 from test_image_io import bomb_png  # noqa: E402
 
 from captum_gradeclip.app import ServeLimits  # noqa: E402
@@ -142,17 +141,14 @@ def test_queue_limit_refuses_extra_requests(tmp_path):
     try:
         client = Client(app.local_url, verbose=False)
         scene = str(service.draw_scene(seed=3))
-        service._lock.acquire()  # a long request holds the model
-        released = threading.Timer(4.0, service._lock.release)
-        released.start()
-        jobs = [client.submit(handle_file(scene), "a red circle", api_name="/explain") for _ in range(3)]
-        outcomes = []
-        for job in jobs:
-            try:
-                outcomes.append(len(job.result(timeout=120)[0]))
-            except Exception as err:  # noqa: BLE001 - the refusal's type is gradio_client's business
-                outcomes.append(f"{type(err).__name__}: {err}")
-        released.join()
+        with model_held(service, seconds=4.0):  # a long request holds the model
+            jobs = [client.submit(handle_file(scene), "a red circle", api_name="/explain") for _ in range(3)]
+            outcomes = []
+            for job in jobs:
+                try:
+                    outcomes.append(len(job.result(timeout=120)[0]))
+                except Exception as err:  # noqa: BLE001 - the refusal's type is gradio_client's business
+                    outcomes.append(f"{type(err).__name__}: {err}")
         refused = [o for o in outcomes if isinstance(o, str)]
         assert outcomes.count(1) == 2 and len(refused) == 1 and "Queue is full" in refused[0], outcomes
         # the refusal does not stop the server

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from serve_server import model_free, model_held
 from test_cli import hf_model_dir  # noqa: F401 - a fixture
 from test_image_io import bomb_png
 
@@ -112,7 +113,7 @@ def test_bad_input_is_a_clear_refusal(service, scene, tmp_path, lm, image, promp
     Image.new("RGB", (200, 40)).save(files["elongated"])
     with pytest.raises(RequestError, match=message):
         service.explain(files.get(image, image), prompts)
-    assert _no_hooks_left(lm.model) and not service._lock.locked()
+    assert _no_hooks_left(lm.model) and model_free(service)
     assert len(service.explain(scene, "a red circle").overlays) == 1  # still serving
 
 
@@ -138,17 +139,13 @@ def test_time_limit_stops_the_model_and_leaves_nothing_behind(lm, scene, tmp_pat
     slow = ExplainService(lm, ServeLimits(time_limit_s=1e-9), workdir=tmp_path / "slow")
     with pytest.raises(RequestTimeout, match="time limit of 1e-09 s"):
         slow.explain(scene, PROMPTS)
-    assert _no_hooks_left(lm.model) and not slow._lock.locked()
+    assert _no_hooks_left(lm.model) and model_free(slow)
 
 
 def test_waiting_for_the_model_counts_against_the_time_limit(lm, scene, tmp_path):
     svc = ExplainService(lm, ServeLimits(time_limit_s=0.3), workdir=tmp_path / "busy")
-    svc._lock.acquire()  # another request holds the model
-    try:
-        with pytest.raises(RequestTimeout, match="busy"):
-            svc.explain(scene, "a red circle")
-    finally:
-        svc._lock.release()
+    with model_held(svc), pytest.raises(RequestTimeout, match="busy"):  # another request holds the model
+        svc.explain(scene, "a red circle")
     assert len(svc.explain(scene, "a red circle").overlays) == 1
 
 

@@ -2,9 +2,11 @@
 image loader, check the prompts, explain them on the shared model, and render overlays, shaded words and raw maps.
 
 One model serves every user. The explainers (scorers, :class:`~captum_gradeclip.GradECLIP`, Integrated Gradients)
-are built afresh for each request, and the model runs one request at a time under a lock: Grad-ECLIP hooks the
-model's attention layers while it runs, so two requests on one model at once would see each other's hooks.
-Everything else (decoding the upload, preparing the image, drawing overlays, writing files) runs outside the lock.
+are built afresh for each request, and a request holds the model's lock (:func:`captum_gradeclip.hooking.model_lock`,
+the lock the library's explainers take for each call) for its whole model part: the Grad-ECLIP maps of both sides,
+or Grad-ECLIP and every step of Integrated Gradients, run as one unit with the request's time-limit hooks, and a
+request waiting for the model gives up when its time is over. Everything else (decoding the upload, preparing the
+image, drawing overlays, writing files) runs outside the lock.
 """
 
 from __future__ import annotations
@@ -14,7 +16,6 @@ import math
 import random
 import shutil
 import tempfile
-import threading
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ import torch
 from .. import viz
 from ..cli import Explanation, LoadedModel, _normalize, explain_image, prepare_image, save_maps
 from ..grad_eclip import LAYER_RULES
+from ..hooking import calling_thread_only, model_lock
 from ..image_io import ImageLoadError, load_image
 from .limits import RequestError, ServeLimits
 
@@ -116,7 +118,7 @@ class ExplainService:
         self._own_workdir = workdir is None
         self.workdir = Path(tempfile.mkdtemp(prefix="gradeclip-serve-")) if workdir is None else Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
+        self._lock = model_lock(lm.model)
         tower = image_tower(lm.model)
         self.patch: Optional[int] = getattr(tower, "patch", (None,))[0]
         self.max_layers = max(len(tower.blocks()), len(text_tower(lm.model).blocks()))
@@ -173,10 +175,11 @@ class ExplainService:
 
     @contextlib.contextmanager
     def _model_in_use(self, deadline: Deadline) -> Iterator[None]:
-        """Hold the model for one request; every module checks the deadline before it runs."""
+        """Hold the model for one request; every module checks the deadline before it runs (in this thread)."""
         if not self._lock.acquire(timeout=max(0.0, deadline.remaining())):
             raise RequestTimeout(f"the server was busy with other requests for the whole time limit of "
                                  f"{deadline.seconds:g} s; try again later")
+        @calling_thread_only
         def check(module: torch.nn.Module, args: Any) -> None:
             deadline.check(f"running {type(module).__name__}")
         handles = []
