@@ -106,8 +106,9 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
     cstrings = token_strings(clip.tokenizer, cids)
     ratings = A.class_ratings(WORD_CLASSES, CONCRETENESS_ORDER)
     words = {}
-    for name, single_head in (("unmodified model", False), ("single_head", True)):
-        wm = A.word_maps(clip.model, ctok, clip.normalize(corpus.images), single_head=single_head)
+    for name, single_head, rule in (("unmodified model", False, None), ("single_head", True, None),
+                                    ("relu_then_sum", False, "relu_then_sum")):
+        wm = A.word_maps(clip.model, ctok, clip.normalize(corpus.images), single_head=single_head, layer_rule=rule)
         wi = A.word_importance(wm, cstrings)
         words[name] = wi
         corr = A.rating_correlation(wi, ratings, n_boot=1000, seed=0)

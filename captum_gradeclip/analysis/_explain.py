@@ -33,7 +33,7 @@ def pair_count(images: Tensor, texts: Any) -> int:
 
 
 def image_maps(model: nn.Module, images: Tensor, texts: Any, layers: LayerChoice = None, *,
-               single_head: bool = False) -> Tuple[Tensor, Tensor]:
+               single_head: bool = False, layer_rule: Optional[str] = None) -> Tuple[Tensor, Tensor]:
     """Grad-ECLIP image maps of each image for its own text, and the similarities of every pair.
 
     Args:
@@ -42,6 +42,7 @@ def image_maps(model: nn.Module, images: Tensor, texts: Any, layers: LayerChoice
         texts: ``N`` tokenised texts (ids, or a HuggingFace dict); text ``i`` belongs to image ``i``.
         layers: explained image blocks (default: GradECLIP's default); a list of block indices is accepted.
         single_head: reproduce the authors' code.
+        layer_rule: how several layers combine (see :class:`~captum_gradeclip.GradECLIP`; None: the paper's).
 
     Returns:
         ``(maps (N, 1, h, w), similarity (N, N))``: ``similarity[i, j]`` is image ``i`` against text ``j``.
@@ -49,20 +50,34 @@ def image_maps(model: nn.Module, images: Tensor, texts: Any, layers: LayerChoice
     pair_count(images, texts)
     scorer = ImageTextSimilarity(model, texts)
     chosen = _blocks(scorer, layers)
-    maps = GradECLIP(scorer, chosen, single_head=single_head).attribute(images, target=list(range(len(images))))
+    maps = GradECLIP(scorer, chosen, single_head=single_head, layer_rule=layer_rule).attribute(
+        images, target=list(range(len(images))))
     with torch.no_grad():
         sims = scorer(images)
     return maps.detach(), sims.detach()
 
 
 def word_maps(model: nn.Module, texts: Any, images: Tensor, layers: LayerChoice = None, *,
-              single_head: bool = False) -> Tensor:
-    """Grad-ECLIP word maps ``(N, L)`` of each text for its own image (text ``i`` with image ``i``)."""
+              single_head: bool = False, layer_rule: Optional[str] = None) -> Tensor:
+    """Grad-ECLIP word maps ``(N, L)`` of each text for its own image (text ``i`` with image ``i``).
+
+    Args:
+        model: a supported CLIP model.
+        texts: ``N`` tokenised texts (ids, or a HuggingFace dict).
+        images: ``(N, 3, H, W)`` preprocessed images; image ``i`` belongs to text ``i``.
+        layers: explained text blocks (modules or indices; default: GradECLIP's default).
+        single_head: reproduce the authors' code.
+        layer_rule: how several layers combine (None: the paper's "sum, then ReLU"; ``"relu_then_sum"`` leaves
+            fewer maps empty, see docs/faq.md).
+
+    Returns:
+        ``(N, L)`` non-negative word maps, zero outside the words.
+    """
     pair_count(images, texts)
     ids, extra = text_args(texts)
     scorer = TextImageSimilarity(model, images)
     chosen = _blocks(scorer, layers)
-    maps = GradECLIP(scorer, chosen, single_head=single_head).attribute(
+    maps = GradECLIP(scorer, chosen, single_head=single_head, layer_rule=layer_rule).attribute(
         ids, target=list(range(len(ids))), additional_forward_args=extra or None)
     return maps.detach()
 

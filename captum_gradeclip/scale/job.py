@@ -74,7 +74,8 @@ class DatasetSummary:
 
 
 def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: ModelSpec = ModelSpec(),
-                    layers: Optional[int] = None, single_head: bool = False, size: str = "native",
+                    layers: Optional[int] = None, single_head: bool = False, layer_rule: Optional[str] = None,
+                    size: str = "native",
                     word_maps: bool = False, workers: int = 1, cpus_per_worker: int = 1,
                     gpus_per_worker: float = 0, readers: Optional[int] = None, batch_size: int = 8,
                     images_per_file: int = 256, address: Optional[str] = None, max_pixels: Optional[int] = None,
@@ -97,6 +98,8 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
         layers (int, optional): explain the last ``layers`` blocks (default: the last one for images, 8 for
             word maps).
         single_head (bool): reproduce the authors' released code. Default: False
+        layer_rule (str, optional): how several layers are combined (``sum_then_relu`` or ``relu_then_sum``, as
+            :class:`~captum_gradeclip.GradECLIP`). Default: the paper's rule for each side.
         size (str): ``native`` (keep the aspect ratio) or ``model`` (centre crop); as ``gradeclip explain``.
         word_maps (bool): add each pair's word tokens and scores. Default: False
         workers (int): model actors. Default: 1
@@ -134,17 +137,18 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
     max_pixels = DEFAULT_MAX_PIXELS if max_pixels is None else max_pixels
     max_bytes = DEFAULT_MAX_BYTES if max_bytes is None else max_bytes
     prompts = [t.strip() for t in texts]
-    _check_arguments(prompts, workers=workers, cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker,
-                     readers=readers, batch_size=batch_size, images_per_file=images_per_file, layers=layers,
-                     size=size, max_pixels=max_pixels, max_bytes=max_bytes)
+    _check_arguments(prompts, layer_rule=layer_rule, workers=workers, cpus_per_worker=cpus_per_worker,
+                     gpus_per_worker=gpus_per_worker, readers=readers, batch_size=batch_size,
+                     images_per_file=images_per_file, layers=layers, size=size, max_pixels=max_pixels,
+                     max_bytes=max_bytes)
     items = list_source(source, image_column=image_column, caption_column=caption_column)
     if not prompts and not any(it.captions for it in items):
         raise ValueError("give at least one prompt with --text: the source has no captions")
     folder = OutputFolder(out)
     job = {"source": _source_id(source), "model": asdict(model), "texts": prompts, "layers": layers,
-           "single_head": single_head, "size": size, "word_maps": word_maps, "images_per_file": images_per_file,
-           "max_pixels": max_pixels, "max_bytes": max_bytes, "image_column": image_column,
-           "caption_column": caption_column}
+           "single_head": single_head, "layer_rule": layer_rule, "size": size, "word_maps": word_maps,
+           "images_per_file": images_per_file, "max_pixels": max_pixels, "max_bytes": max_bytes,
+           "image_column": image_column, "caption_column": caption_column}
     folder.check_job(job)
     described = _describe_model(model, prompts)  # loads the model once here: bad flags fail before any work
     shards = plan_shards(items, images_per_file)
@@ -158,10 +162,11 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
     try:
         if pending:
             _run(pending, folder, summary, prompts=prompts, model=model, layers=layers, single_head=single_head,
-                 size=size, word_maps=word_maps, workers=workers, cpus_per_worker=cpus_per_worker,
-                 gpus_per_worker=gpus_per_worker, readers=readers, batch_size=batch_size, address=address,
-                 max_pixels=max_pixels, max_bytes=max_bytes, image_size=described["image_size"],
-                 patch=described["patch"], progress=progress, on_file_written=on_file_written)
+                 layer_rule=layer_rule, size=size, word_maps=word_maps, workers=workers,
+                 cpus_per_worker=cpus_per_worker, gpus_per_worker=gpus_per_worker, readers=readers,
+                 batch_size=batch_size, address=address, max_pixels=max_pixels, max_bytes=max_bytes,
+                 image_size=described["image_size"], patch=described["patch"], progress=progress,
+                 on_file_written=on_file_written)
         status = "complete"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -197,6 +202,9 @@ def _check_arguments(prompts: List[str], **kw: Any) -> None:
         raise ValueError(f"gpus-per-worker must be 0 (CPU) or more, got {kw['gpus_per_worker']!r}")
     if kw["layers"] is not None and kw["layers"] < 1:
         raise ValueError(f"layers must be a positive number of blocks, got {kw['layers']}")
+    from ..grad_eclip import LAYER_RULES
+    if kw["layer_rule"] is not None and kw["layer_rule"] not in LAYER_RULES:
+        raise ValueError(f"layer_rule must be one of {list(LAYER_RULES)} or None, got {kw['layer_rule']!r}")
     if kw["size"] not in ("native", "model"):
         raise ValueError(f"size must be 'native' or 'model', got {kw['size']!r}")
 
@@ -269,10 +277,10 @@ def _row(shard: int, index: int, item: Item) -> Dict[str, Any]:
 
 
 def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary, *, prompts: List[str],
-         model: ModelSpec, layers: Optional[int], single_head: bool, size: str, word_maps: bool, workers: int,
-         cpus_per_worker: int, gpus_per_worker: float, readers: Optional[int], batch_size: int,
-         address: Optional[str], max_pixels: int, max_bytes: int, image_size: int, patch: Optional[int],
-         progress: bool, on_file_written: Optional[Callable[[Path], None]]) -> None:
+         model: ModelSpec, layers: Optional[int], single_head: bool, layer_rule: Optional[str], size: str,
+         word_maps: bool, workers: int, cpus_per_worker: int, gpus_per_worker: float, readers: Optional[int],
+         batch_size: int, address: Optional[str], max_pixels: int, max_bytes: int, image_size: int,
+         patch: Optional[int], progress: bool, on_file_written: Optional[Callable[[Path], None]]) -> None:
     import ray
     import ray.data
     from tqdm.auto import tqdm
@@ -295,7 +303,8 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
                             num_gpus=gpus_per_worker if gpu else None,
                             fn_constructor_kwargs=dict(model_args=asdict(model), prompts=prompts, layers=layers,
-                                                       single_head=single_head, word_maps=word_maps,
+                                                       single_head=single_head, layer_rule=layer_rule,
+                                                       word_maps=word_maps,
                                                        device="cuda" if gpu else "cpu", threads=cpus_per_worker))
         by_index = {s.index: s for s in pending}
         received: Dict[int, Dict[int, Dict[str, Any]]] = {}

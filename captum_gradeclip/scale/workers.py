@@ -79,13 +79,15 @@ class Explainer:
             has captions).
         layers (int, optional): the number of last blocks explained (default: the library's).
         single_head (bool): reproduce the authors' released code.
+        layer_rule (str, optional): how several layers are combined (None: the paper's rule for each side).
         word_maps (bool): also compute every pair's word importances.
         device (str): ``cpu`` or ``cuda``.
         threads (int): torch threads of this worker (CPU).
     """
 
     def __init__(self, model_args: Dict[str, Any], prompts: Sequence[str], layers: Optional[int],
-                 single_head: bool, word_maps: bool, device: str, threads: int) -> None:
+                 single_head: bool, word_maps: bool, device: str, threads: int,
+                 layer_rule: Optional[str] = None) -> None:
         import torch
 
         from ..cli import _load
@@ -95,6 +97,7 @@ class Explainer:
         self.prompts = list(prompts)
         self.layers = layers
         self.single_head = single_head
+        self.layer_rule = layer_rule
         self.word_maps = word_maps
         self._tokenizable: Dict[str, str] = {}  # text -> "" (fine) or the tokenizer's complaint
 
@@ -165,7 +168,8 @@ class Explainer:
             union.extend(t for t in results[n]["texts"] if t not in union)
         same_texts = all(results[n]["texts"] == union for n in members)
         explain = "both" if self.word_maps and same_texts else "image"
-        kwargs = dict(layers=self.layers, single_head=self.single_head, device=self.device)
+        kwargs = dict(layers=self.layers, single_head=self.single_head, device=self.device,
+                      layer_rule=self.layer_rule)
         exps = explain_images(self.lm, images, union, explain=explain, **kwargs)
         for j, n in enumerate(members):
             texts = results[n]["texts"]
