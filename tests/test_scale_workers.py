@@ -81,3 +81,16 @@ def test_actor_without_any_text_records_the_image(captioned):
     rows = {r["key"]: r for r in explainer(_decode(items[:3])).to_pylist()}
     assert "no caption and no --text" in rows["img/scene002.jpg"]["error"]
     assert rows["img/scene001.png"]["texts"] == ["a green triangle"] and rows["img/scene001.png"]["word_tokens"] == []
+
+
+def test_decoding_reads_tar_members_in_place(captioned, tmp_path):
+    import tarfile
+    root, items = captioned
+    with tarfile.open(tmp_path / "shard.tar", "w") as tar:
+        tar.add(items[0].path, arcname="k0.jpg")
+        tar.add(items[1].path, arcname="k1.png")
+    shard_items = list_source(tmp_path / "shard.tar")
+    from_tar, from_files = _decode(shard_items).to_pylist(), _decode(items[:2]).to_pylist()
+    assert [r["key"] for r in from_tar] == ["shard.tar/k0", "shard.tar/k1"]
+    for a, b in zip(from_tar, from_files):
+        assert a["error"] == "" and a["shape"] == b["shape"] and a["pixels"] == b["pixels"]
