@@ -178,3 +178,21 @@ def test_missing_ray_names_the_extra(folder, tmp_path, capsys, monkeypatch):
     assert main(_argv(folder, tmp_path / "out")) == 2
     assert "pip install 'captum-gradeclip[scale]'" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_an_interrupted_run_keeps_its_files_and_resumes(first_run, folder, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(first_run, out)
+    for part in sorted((out / "maps").iterdir())[1:3]:
+        part.unlink()
+
+    def interrupt(path):
+        raise KeyboardInterrupt  # Ctrl-C once the first missing file is written
+
+    with pytest.raises(KeyboardInterrupt):
+        explain_dataset(folder, out, texts=PROMPTS, model=ModelSpec(demo=True), word_maps=True, workers=1,
+                        readers=1, batch_size=2, images_per_file=3, progress=False, on_file_written=interrupt)
+    assert json.loads((out / "manifest.json").read_text())["status"] == "interrupted"
+    assert len(list((out / "maps").iterdir())) == 3  # the file written before the interruption is kept
+    assert main(_argv(folder, out)) == 0
+    assert _pairs(out).keys() == _pairs(first_run).keys() and len(read_results(out)) == len(_pairs(first_run))

@@ -11,6 +11,7 @@ every finished file.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import logging
 import math
@@ -309,8 +310,10 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
         by_index = {s.index: s for s in pending}
         received: Dict[int, Dict[int, Dict[str, Any]]] = {}
         start = time.perf_counter()
-        with tqdm(total=len(rows), disable=not progress, desc="explaining", unit="image") as bar:
-            for batch in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+        batches = iter(ds.iter_batches(batch_size=None, batch_format="pyarrow"))
+        with tqdm(total=len(rows), disable=not progress, desc="explaining", unit="image") as bar, \
+                contextlib.closing(batches):  # an interruption stops the workers now, not when collected
+            for batch in batches:
                 for row in batch.to_pylist():
                     if row["shard"] not in by_index:
                         continue  # a retried batch of a shard already written
