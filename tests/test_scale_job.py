@@ -74,6 +74,7 @@ def test_maps_equal_in_process_attribute_all(first_run, folder):
 def test_truncated_jpeg_is_recorded_and_the_rest_done(first_run):
     errors = [json.loads(line) for line in (first_run / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 1 and errors[0]["image"] == "sub/broken.jpg" and "truncated" in errors[0]["error"]
+    assert (first_run / errors[0]["file"]).is_file()  # the part to delete to try the image again
     assert json.loads((first_run / "manifest.json").read_text())["errors"] == 1
 
 

@@ -76,9 +76,9 @@ def test_errors_travel_with_their_part(tmp_path):
     folder.pending(shards)
     folder.write_part(shards[1], pairs_table([_result("img2.png", [], error="bad")], False)[0],
                       [{"image": "img2.png", "error": "bad"}])
-    assert folder.collect_errors() == [{"image": "img2.png", "error": "bad"}]
-    assert [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()] == \
-        [{"image": "img2.png", "error": "bad"}]
+    expected = [{"image": "img2.png", "error": "bad", "file": f"maps/{shards[1].name}"}]
+    assert folder.collect_errors() == expected
+    assert [json.loads(line) for line in (tmp_path / "errors.jsonl").read_text().splitlines()] == expected
 
 
 def test_a_folder_of_another_job_is_refused_untouched(tmp_path):

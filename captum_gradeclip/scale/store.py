@@ -3,7 +3,7 @@
 Layout of ``DIR``::
 
     DIR/manifest.json        what was explained with what (model, layers, texts, versions, arguments, counts)
-    DIR/errors.jsonl         one line {"image": ..., "error": ...} per image that could not be explained
+    DIR/errors.jsonl         one line {"image", "error", "file"} per image that could not be explained
     DIR/maps/part-000012-<fingerprint>.parquet
                              one row per (image, text) of the 13th group of images ("shard")
 
@@ -235,12 +235,14 @@ class OutputFolder:
         return path
 
     def collect_errors(self) -> List[Dict[str, str]]:
-        """The errors recorded in every part file, in shard order; also written to ``errors.jsonl``."""
+        """The errors recorded in every part file, in shard order, each with the part file that holds its shard
+        (delete that file and re-run to try the image again); also written to ``errors.jsonl``."""
         import pyarrow.parquet as pq
         errors: List[Dict[str, str]] = []
         for path in sorted(self.maps.glob("part-*.parquet")):
             meta = pq.read_metadata(path).metadata or {}
-            errors.extend(json.loads(meta.get(_META_ERRORS, b"[]").decode("utf-8")))
+            errors.extend(dict(e, file=f"{MAPS}/{path.name}")
+                          for e in json.loads(meta.get(_META_ERRORS, b"[]").decode("utf-8")))
         text = "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in errors)
         atomic_write(self.root / ERRORS, lambda p: p.write_text(text, encoding="utf-8"))
         return errors

@@ -163,9 +163,11 @@ class Explainer:
         from ..cli import explain_images
         images = torch.from_numpy(np.stack([np.frombuffer(rows[n]["pixels"], dtype=np.float32).reshape(shape)
                                             for n in members]))
-        union: List[str] = []
+        union: List[str] = []  # every text of the group once, in order of appearance
         for n in members:
-            union.extend(t for t in results[n]["texts"] if t not in union)
+            for text in results[n]["texts"]:
+                if text not in union:
+                    union.append(text)
         same_texts = all(results[n]["texts"] == union for n in members)
         explain = "both" if self.word_maps and same_texts else "image"
         kwargs = dict(layers=self.layers, single_head=self.single_head, device=self.device,
