@@ -169,7 +169,8 @@ def denormalize(
             item of ``torch.stack([preprocess(im) for im in pil_images])``) or ``(H, W, 3)`` (numpy, channels
             last).
         mean: The per-channel mean used by the preprocessing (3 numbers; e.g. open_clip's
-            ``open_clip.get_model_preprocess_cfg(model)["mean"]`` or a HuggingFace ``processor.image_processor.image_mean``).
+            ``open_clip.get_model_preprocess_cfg(model)["mean"]`` or a HuggingFace
+            ``processor.image_processor.image_mean``).
         std: The per-channel standard deviation (3 numbers), as ``mean``.
 
     Returns:
