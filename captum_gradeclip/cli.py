@@ -9,10 +9,12 @@ shipped shapes model and a generated scene.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -68,6 +70,18 @@ def _is_download_failure(err: BaseException) -> bool:
     return False
 
 
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Silence log records (open_clip logs a failed download at ERROR level before raising it): a failed load is
+    reported once, as one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
 def load_error(what: str, err: BaseException) -> CLIError:
     """One line for a failed model load: a failed download names the way to run offline."""
     import os
@@ -98,7 +112,8 @@ def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedM
         raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16)")
     what = f"open_clip {name!r} with pretrained={pretrained!r}"
     try:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        with quiet_logging():
+            model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
     except Exception as err:  # downloads fail in many ways (no network, missing tag, bad checkpoint)
         raise load_error(what, err) from None
     model.eval()
@@ -106,7 +121,8 @@ def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedM
     size = cfg.get("size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
     try:  # some tokenizers (SigLIP, multilingual towers) come from the Hugging Face hub
-        tokenizer = open_clip.get_tokenizer(name)
+        with quiet_logging():
+            tokenizer = open_clip.get_tokenizer(name)
     except Exception as err:
         raise load_error(f"the tokenizer of open_clip {name!r}", err) from None
 
@@ -131,8 +147,9 @@ def load_hf(model_id: str, device: str) -> LoadedModel:
         raise CLIError(f"no model folder {model_id}: --hf takes a hub id (org/name) or a folder written by "
                        "save_pretrained (model and processor)")
     try:
-        model = AutoModel.from_pretrained(model_id).to(device).eval()
-        processor = AutoProcessor.from_pretrained(model_id)
+        with quiet_logging():
+            model = AutoModel.from_pretrained(model_id).to(device).eval()
+            processor = AutoProcessor.from_pretrained(model_id)
     except Exception as err:
         raise load_error(f"HuggingFace model {model_id!r}", err) from None
     tok = processor.tokenizer
@@ -297,12 +314,8 @@ def _device(name: str) -> str:
 def _load(args: argparse.Namespace) -> LoadedModel:
     """Load the model; the loaders' own log lines (download retries, failures) are silenced: errors come as one
     line."""
-    import logging
-    logging.disable(logging.CRITICAL)
-    try:
+    with quiet_logging():
         return _load_quiet(args)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _load_quiet(args: argparse.Namespace) -> LoadedModel:
