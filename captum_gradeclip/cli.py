@@ -106,11 +106,22 @@ def load_demo(device: str) -> LoadedModel:
 
 
 def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedModel:
-    """An open_clip model by config name, with ``pretrained`` weights (a tag or a checkpoint path)."""
+    """An open_clip model by config name, with ``pretrained`` weights (a tag or a checkpoint path), or a
+    ``local-dir:FOLDER`` / ``hf-hub:ORG/NAME`` model (its weights come with it)."""
     import open_clip
-    if name not in open_clip.list_models():
-        raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16)")
-    what = f"open_clip {name!r} with pretrained={pretrained!r}"
+    if name.startswith("local-dir:"):  # open_clip's own folder format: open_clip_config.json and the weights
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise CLIError(f"{name}: no open_clip_config.json in {folder} (a local-dir: folder holds the model's "
+                           "open_clip_config.json and its weights, as on the Hugging Face hub)")
+        if not any(f.suffix in (".safetensors", ".bin", ".pth") for f in folder.iterdir()):
+            raise CLIError(f"{name}: no weights (.safetensors, .bin, .pth) in {folder}")
+        pretrained = None  # the folder's weights
+    elif not name.startswith("hf-hub:") and name not in open_clip.list_models():
+        raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16), or give "
+                       "local-dir:FOLDER or hf-hub:ORG/NAME")
+    schema = name.startswith(("local-dir:", "hf-hub:"))  # the weights come with the model, not from `pretrained`
+    what = f"open_clip {name!r}" + ("" if schema else f" with pretrained={pretrained!r}")
     try:
         with quiet_logging():
             model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
@@ -130,7 +141,8 @@ def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedM
         decode = getattr(tokenizer, "decode", None)
         return [decode([int(i)]).strip() if decode else str(int(i)) for i in ids]
 
-    return LoadedModel(model=model, name=f"{name} ({pretrained or 'random weights'})", image_size=size,
+    label = name if schema else f"{name} ({pretrained or 'random weights'})"
+    return LoadedModel(model=model, name=label, image_size=size,
                        mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
                        std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
                        tokenize=lambda texts: tokenizer(texts).to(device), token_strings=strings)
@@ -455,7 +467,8 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
     src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
     src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
-    ex.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    ex.add_argument("--model", default="ViT-B-16",
+                    help="open_clip model name (default: ViT-B-16), or local-dir:FOLDER / hf-hub:ORG/NAME")
     ex.add_argument("--pretrained", default="openai",
                     help="open_clip pretrained tag (default: openai; 'none': random weights)")
     ex.add_argument("--explain", choices=("image", "text", "both"), default="both")

@@ -204,3 +204,35 @@ def test_native_size_on_a_resnet_tower_keeps_the_aspect_ratio():
     assert img.shape == (3, 64, 128)  # shorter side 64; 90 * 64 / 50 = 115.2 -> 128, a multiple of 32
     exp = explain_images(lm, img[None], ["x"], explain="image", layers=None, single_head=False, device="cpu")[0]
     assert exp.image_maps.shape == (1, 2, 4) and np.isfinite(exp.image_maps).all()
+
+
+def test_open_clip_model_from_a_local_dir_folder(scene_png, tmp_path, capsys):
+    """``--model local-dir:FOLDER`` (open_clip_config.json + weights, the hub's layout) loads offline, weights
+    included; a folder without them is one line."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from captum_gradeclip.cli import load_open_clip
+    cfg = dict(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=48, layers=2, head_width=24),
+               text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2))
+    torch.manual_seed(3)
+    saved = open_clip.CLIP(**cfg).eval()
+    folder = tmp_path / "tiny_clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 32}}))
+    save_file({k: v.contiguous() for k, v in saved.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    lm = load_open_clip(f"local-dir:{folder}", "openai", "cpu")  # `pretrained` does not apply to a folder
+    assert lm.image_size == 32 and lm.name == f"local-dir:{folder}"
+    loaded = lm.model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in saved.state_dict().items())
+    assert lm.tokenize(["a dog"]).shape == (1, 16)  # open_clip's bundled BPE tokenizer: no download
+    out = tmp_path / "out"
+    assert main(["explain", str(scene_png), "--model", f"local-dir:{folder}", "--text", "a dog", "--out", str(out)]) == 0
+    assert np.load(out / "scene_maps.npz")["image_maps"].shape == (1, 6, 4)  # 64x96 on disk -> 32x48 px
+    (folder / "open_clip_model.safetensors").unlink()
+    assert main(["explain", str(scene_png), "--model", f"local-dir:{folder}", "--text", "a", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no weights" in err[0]

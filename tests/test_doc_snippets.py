@@ -21,11 +21,10 @@ BLOCKS = all_blocks()
 
 
 def _slow(block) -> bool:
-    """Needs pretrained weights, or continues (same page, python) a block that does."""
-    if block.lang == "bash":
-        return block.needs_weights
-    earlier = [b for b in BLOCKS if b.page == block.page and b.lang == "python" and b.line <= block.line]
-    return any(b.needs_weights for b in earlier)
+    """Needs pretrained weights, or may continue from a block of its page that does: python blocks share one
+    namespace, and a command may use the files that an earlier block wrote."""
+    return any(b.needs_weights for b in BLOCKS if b.page == block.page and b.line <= block.line
+               and (block.lang == "bash" or b.lang == "python"))
 
 
 FAST = [b for b in BLOCKS if not _slow(b)]
