@@ -230,9 +230,10 @@ def test_open_clip_model_from_a_local_dir_folder(scene_png, tmp_path, capsys):
     assert all(torch.equal(v, loaded[k]) for k, v in saved.state_dict().items())
     assert lm.tokenize(["a dog"]).shape == (1, 16)  # open_clip's bundled BPE tokenizer: no download
     out = tmp_path / "out"
-    assert main(["explain", str(scene_png), "--model", f"local-dir:{folder}", "--text", "a dog", "--out", str(out)]) == 0
+    model = ["--model", f"local-dir:{folder}"]
+    assert main(["explain", str(scene_png), *model, "--text", "a dog", "--out", str(out)]) == 0
     assert np.load(out / "scene_maps.npz")["image_maps"].shape == (1, 6, 4)  # 64x96 on disk -> 32x48 px
     (folder / "open_clip_model.safetensors").unlink()
-    assert main(["explain", str(scene_png), "--model", f"local-dir:{folder}", "--text", "a", "--out", str(out)]) == 2
+    assert main(["explain", str(scene_png), *model, "--text", "a", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no weights" in err[0]
