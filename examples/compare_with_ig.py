@@ -10,7 +10,6 @@ With real weights (downloads them):        python examples/compare_with_ig.py --
 
 import time
 
-import torch
 from _common import normalize, parser, run, setup
 from captum.attr import IntegratedGradients
 
