@@ -11,7 +11,12 @@ writes ``OUT/checkpoints/`` and ``OUT/results.json``: ``region_top1``, ``mask_to
 step, the wall time and the configuration. ``--steps 0`` evaluates the shipped model without training (the
 ``base`` row).
 
-Collect three runs into the documented table and figure::
+Cost per step of each loss, interleaved in one process (global, grad_eclip, global, ...: both see the same
+machine load), forward + backward + optimizer step on the same batch::
+
+    python benchmarks/finetune.py --cost 12 --batch-size 64 --out runs/cost
+
+Collect three runs (and the cost file, if present) into the documented table and figure::
 
     python benchmarks/finetune.py --collect runs/base runs/global runs/grad_eclip \\
         --json docs/results/finetune.json --figure docs/images/finetune_maps.png
@@ -29,8 +34,12 @@ from typing import Dict, List
 
 import torch
 
+from captum_gradeclip.finetune import WordListPhrases
+from captum_gradeclip.finetune.data import ShapesCaptions, collate
+from captum_gradeclip.finetune.distributed import DistributedContext
 from captum_gradeclip.finetune.evaluate import EVAL_SEED, class_prompts, evaluate_shapes
-from captum_gradeclip.finetune.train import FineTuneConfig, LOSSES, load_finetuned, load_trainable, train
+from captum_gradeclip.finetune.train import (LOSSES, FeatureEncoder, FineTuneConfig, load_finetuned, load_trainable,
+                                             step_loss, train)
 
 KEYS = ("region_top1", "mask_top1", "zero_shot_top1", "pointing_game")
 
@@ -66,6 +75,38 @@ def run(args: argparse.Namespace) -> int:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=1))
     print(json.dumps({k: result[k] for k in KEYS + ("seconds_per_step", "wall_seconds")}))
+    return 0
+
+
+def cost(args: argparse.Namespace) -> int:
+    """Median seconds of a full step (forward, backward, AdamW step) of each loss, interleaved."""
+    config = FineTuneConfig(batch_size=args.batch_size)
+    trainable = load_trainable(config, torch.device("cpu"))
+    data = ShapesCaptions(10 * args.batch_size, seed=args.seed)
+    images01, captions = collate([data[i] for i in range(args.batch_size)])
+    images = trainable.normalize(images01)
+    ctx, extractor = DistributedContext(), WordListPhrases()
+    encoders = {loss: FeatureEncoder(trainable.model, dense=loss == "grad_eclip") for loss in LOSSES}
+    optimizer = torch.optim.AdamW(trainable.model.parameters(), lr=1e-6)
+    seconds: Dict[str, List[float]] = {loss: [] for loss in LOSSES}
+    for rep in range(args.cost + 1):
+        for loss in LOSSES:
+            start = time.perf_counter()
+            parts = step_loss(encoders[loss], encoders[loss], trainable, images, captions, extractor, "a {}",
+                              config, ctx, loss == "grad_eclip")
+            optimizer.zero_grad(set_to_none=True)
+            parts["loss"].backward()
+            optimizer.step()
+            if rep:  # the first round warms up
+                seconds[loss].append(time.perf_counter() - start)
+    med = {loss: sorted(v)[len(v) // 2] for loss, v in seconds.items()}
+    result = {"batch_size": args.batch_size, "rounds": args.cost, "torch_threads": torch.get_num_threads(),
+              "seconds_per_step": med, "grad_eclip_over_global": med["grad_eclip"] / med["global"],
+              "all_seconds": seconds}
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "cost.json").write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: result[k] for k in ("seconds_per_step", "grad_eclip_over_global")}))
     return 0
 
 
@@ -114,6 +155,11 @@ def collect(args: argparse.Namespace) -> int:
                      for name in names}
     g, e = results["global"]["seconds_per_step"], results["grad_eclip"]["seconds_per_step"]
     table["grad_eclip_step_over_global_step"] = round(e / g, 2) if g and e else None
+    if args.cost_file:
+        c = json.loads(Path(args.cost_file).read_text())
+        table["interleaved_cost"] = {"seconds_per_step": {k: round(v, 3) for k, v in c["seconds_per_step"].items()},
+                                     "grad_eclip_over_global": round(c["grad_eclip_over_global"], 2),
+                                     "batch_size": c["batch_size"], "rounds": c["rounds"]}
     table["protocol"] = {"steps": results["grad_eclip"]["steps"], "config": results["grad_eclip"]["config"],
                          "eval_scenes": results["grad_eclip"]["eval_scenes"],
                          "eval_seed": results["grad_eclip"]["eval_seed"],
@@ -142,7 +188,11 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--collect", nargs=3, metavar=("BASE", "GLOBAL", "GRAD_ECLIP"), help="run directories")
     p.add_argument("--json", default="docs/results/finetune.json")
     p.add_argument("--figure", default=None)
+    p.add_argument("--cost", type=int, default=0, metavar="ROUNDS", help="measure the cost per step of each loss")
+    p.add_argument("--cost-file", default=None, help="--collect: the cost.json of a --cost run")
     args = p.parse_args(argv)
+    if args.cost:
+        return cost(args)
     return collect(args) if args.collect else run(args)
 
 

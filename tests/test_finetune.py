@@ -448,3 +448,28 @@ def test_torchrun_two_processes(tmp_path: Path) -> None:
     assert np.allclose(one_losses, losses, atol=1e-4)
     assert (tmp_path / "ddp" / "checkpoints" / "step_000006.json").is_file()
     assert "step 6" in (tmp_path / "ddp" / "train.log").read_text()
+
+
+@pytest.mark.slow
+def test_benchmark_script_smoke(tmp_path: Path) -> None:
+    """benchmarks/finetune.py on one process: a checkpoint and results.json with the four fractions; --cost;
+    --collect builds the documented table and figure."""
+    import importlib.util
+    spec = importlib.util.spec_from_file_location("bench_finetune", ROOT / "benchmarks" / "finetune.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    common = ["--batch-size", "8", "--n-eval", "6", "--no-progress"]
+    assert bench.main(["--steps", "0", "--out", str(tmp_path / "base")] + common) == 0
+    for loss in ("global", "grad_eclip"):
+        assert bench.main(["--loss", loss, "--steps", "2", "--out", str(tmp_path / loss)] + common) == 0
+        res = json.loads((tmp_path / loss / "results.json").read_text())
+        assert all(0.0 <= res[k] <= 1.0 for k in bench.KEYS) and res["seconds_per_step"] > 0
+        assert (tmp_path / loss / "checkpoints" / "step_000002.json").is_file()
+    assert bench.main(["--cost", "1", "--batch-size", "8", "--out", str(tmp_path / "cost")]) == 0
+    out = tmp_path / "finetune.json"
+    assert bench.main(["--collect", *(str(tmp_path / d) for d in ("base", "global", "grad_eclip")), "--json",
+                       str(out), "--cost-file", str(tmp_path / "cost" / "cost.json"), "--figure",
+                       str(tmp_path / "maps.png")]) == 0
+    table = json.loads(out.read_text())
+    assert all(set(bench.KEYS) <= set(table[k]) for k in ("base", "global", "grad_eclip"))
+    assert (tmp_path / "maps.png").stat().st_size > 1000

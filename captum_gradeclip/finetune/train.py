@@ -45,8 +45,8 @@ from .losses import clip_contrastive_loss, region_phrase_loss
 from .phrases import PhraseExtractor, WordListPhrases, extract_all
 from .regions import DenseImageEncoder, normalize_maps, phrase_maps, pool_regions
 
-__all__ = ["FineTuneConfig", "TrainableCLIP", "TrainResult", "load_trainable", "load_finetuned", "train", "main",
-           "LOSSES"]
+__all__ = ["FineTuneConfig", "TrainableCLIP", "TrainResult", "FeatureEncoder", "load_trainable", "load_finetuned",
+           "step_loss", "train", "main", "LOSSES"]
 
 #: Losses of :func:`train`: CLIP's contrastive loss alone, or with the Grad-ECLIP region-phrase loss.
 LOSSES = ("global", "grad_eclip")
@@ -262,8 +262,16 @@ def learning_rate(step: int, config: FineTuneConfig) -> float:
     return 0.5 * config.lr * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
 
-class _Encoder(nn.Module):
-    """What DDP wraps: one forward that returns every feature the losses need."""
+class FeatureEncoder(nn.Module):
+    """What DDP wraps: one forward that returns every feature the losses need.
+
+    ``forward(images, tokens)`` returns ``(image_features, dense, text_features, logit_scale)``; ``dense`` (the
+    patch features of :class:`~.regions.DenseImageEncoder`) only when built with ``dense=True``, else None.
+
+    Args:
+        model (nn.Module): the open_clip model.
+        dense (bool): also return the dense patch features (for the region-phrase loss).
+    """
 
     def __init__(self, model: nn.Module, dense: bool) -> None:
         super().__init__()
@@ -363,7 +371,7 @@ def _train(config: FineTuneConfig, extractor: PhraseExtractor, ctx: DistributedC
         start = ckpt.step
         log.info("resumed from %s at step %d", ckpt.path, start)
     grad_eclip = config.loss == "grad_eclip"
-    encoder = _Encoder(model, dense=grad_eclip)
+    encoder = FeatureEncoder(model, dense=grad_eclip)
     wrapped: nn.Module = encoder
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
@@ -399,8 +407,8 @@ def _train(config: FineTuneConfig, extractor: PhraseExtractor, ctx: DistributedC
             for g in optimizer.param_groups:
                 g["lr"] = learning_rate(step, config)
             images = trainable.normalize(images01.to(ctx.device))
-            parts = _step_loss(wrapped, encoder, trainable, images, captions, extractor, template, config, ctx,
-                               grad_eclip)
+            parts = step_loss(wrapped, encoder, trainable, images, captions, extractor, template, config, ctx,
+                              grad_eclip)
             optimizer.zero_grad(set_to_none=True)
             parts["loss"].backward()
             optimizer.step()
@@ -432,9 +440,26 @@ def _train(config: FineTuneConfig, extractor: PhraseExtractor, ctx: DistributedC
                        start_step=start)
 
 
-def _step_loss(wrapped: nn.Module, encoder: _Encoder, trainable: TrainableCLIP, images: Tensor,
-               captions: List[str], extractor: PhraseExtractor, template: str, config: FineTuneConfig,
-               ctx: DistributedContext, grad_eclip: bool) -> Dict[str, Tensor]:
+def step_loss(wrapped: nn.Module, encoder: FeatureEncoder, trainable: TrainableCLIP, images: Tensor,
+              captions: List[str], extractor: PhraseExtractor, template: str, config: FineTuneConfig,
+              ctx: DistributedContext, grad_eclip: bool) -> Dict[str, Tensor]:
+    """The loss of one step on this rank's slice of the global batch (steps 1 to 3 of the module docstring).
+
+    Args:
+        wrapped: ``encoder``, or the DDP module wrapping it.
+        encoder: the :class:`FeatureEncoder` (``dense=grad_eclip``).
+        trainable: the model with its tokenizer.
+        images: normalised images ``(n, 3, H, W)`` of this rank.
+        captions: their captions.
+        extractor: phrase extractor.
+        template: phrase prompt template.
+        config: the run's configuration (``region_weight``, ``region_temperature``).
+        ctx: the distributed context.
+        grad_eclip: add the region-phrase loss.
+
+    Returns:
+        dict: ``loss`` (with its graph), ``clip`` and ``region`` (detached).
+    """
     dev = images.device
     n = len(captions)
     owners: List[int] = []    # image of each region
