@@ -156,7 +156,10 @@ class CaptionTable(torch.utils.data.Dataset):
                 return [(f"{src} line {reader.line_num}", self._resolve(r["image"]), r["caption"] or "")
                         for r in reader]
         if suffix in (".parquet", ".pq"):
-            import pyarrow.parquet as pq
+            try:
+                import pyarrow.parquet as pq
+            except ImportError:  # pragma: no cover - depends on the environment
+                raise ImportError("reading Parquet needs pyarrow: pip install 'captum-gradeclip[finetune]'") from None
 
             table = pq.read_table(src)
             self._check_columns(table.column_names)

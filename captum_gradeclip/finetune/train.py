@@ -434,8 +434,11 @@ def _train(config: FineTuneConfig, extractor: PhraseExtractor, ctx: DistributedC
         bar.close()
         if metrics is not None:
             metrics.close()
-    log.info("done: %d steps, median %.3f s/step", len(seconds), sorted(seconds)[len(seconds) // 2] if seconds
-             else float("nan"))
+        log.info("%s: %d steps run, median %.3f s/step", "done" if len(seconds) == config.steps - start else
+                 "stopped", len(seconds), sorted(seconds)[len(seconds) // 2] if seconds else float("nan"))
+        for handler in list(log.handlers):
+            log.removeHandler(handler)
+            handler.close()
     return TrainResult(model=model, trainable=trainable, losses=losses, step_seconds=seconds, checkpoint=last,
                        start_step=start)
 
