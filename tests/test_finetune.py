@@ -473,3 +473,23 @@ def test_benchmark_script_smoke(tmp_path: Path) -> None:
     table = json.loads(out.read_text())
     assert all(set(bench.KEYS) <= set(table[k]) for k in ("base", "global", "grad_eclip"))
     assert (tmp_path / "maps.png").stat().st_size > 1000
+
+
+def test_dense_encoder_on_a_config_built_open_clip_and_unsupported_towers() -> None:
+    import open_clip
+
+    from captum_gradeclip import UnsupportedModelError
+    from conftest import make_open_clip
+    model = make_open_clip()
+    x = torch.randn(2, 3, 32, 32)
+    emb, dense = DenseImageEncoder(model)(x)
+    assert torch.allclose(emb, model.encode_image(x), atol=1e-5) and dense.shape == (2, 16, 32)
+    texts = torch.randn(3, 32)
+    ref = MaskCLIPSimilarity(ImageTextSimilarity(model, texts)).attribute(x, target=2)
+    mine = torch.relu(F.normalize(dense, dim=-1) @ F.normalize(texts[2], dim=-1)).reshape(2, 1, 4, 4)
+    assert torch.allclose(ref, mine, atol=1e-5)
+    torch.manual_seed(0)
+    resnet = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=64, layers=[1, 1, 1, 1], width=8),
+                            text_cfg=dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1))
+    with pytest.raises(UnsupportedModelError, match="region features"):
+        DenseImageEncoder(resnet)
