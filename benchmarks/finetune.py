@@ -111,11 +111,14 @@ def cost(args: argparse.Namespace) -> int:
 
 
 def figure(dirs: Dict[str, Path], path: Path, n: int = 4) -> None:
-    """Grad-ECLIP maps of held-out scenes: one object's class prompt per row, one model per column."""
+    """Held-out scenes, one object's class prompt per row; per model, its Grad-ECLIP map and the similarity of
+    its dense patch features with the prompt (what region classification pools)."""
     import matplotlib.pyplot as plt
+    import torch.nn.functional as F
 
     from captum_gradeclip import GradECLIP, ImageTextSimilarity
     from captum_gradeclip.data.shapes import generate_scenes
+    from captum_gradeclip.finetune import DenseImageEncoder
     from captum_gradeclip.viz import overlay
 
     scenes = generate_scenes(n, num_objects=3, seed=EVAL_SEED + 7)
@@ -124,24 +127,32 @@ def figure(dirs: Dict[str, Path], path: Path, n: int = 4) -> None:
     for name, d in dirs.items():
         models[name] = load_finetuned(d / "checkpoints") if name != "base" else \
             load_trainable(FineTuneConfig(), torch.device("cpu"))
-    fig, axes = plt.subplots(n, len(models) + 1, figsize=(2.2 * (len(models) + 1), 2.3 * n))
+    cols = 1 + 2 * len(models)
+    fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 2.0 * n))
     for j, (name, t) in enumerate(models.items()):
         t.model.eval()
+        x = t.normalize(scenes.images)
         text = t.model.encode_text(t.tokenize(prompts)).detach()
-        maps = GradECLIP(ImageTextSimilarity(t.model, text)).attribute_all(t.normalize(scenes.images))
+        maps = GradECLIP(ImageTextSimilarity(t.model, text)).attribute_all(x)
+        with torch.no_grad():
+            _, dense = DenseImageEncoder(t.model)(x)
+            sims = F.normalize(dense, dim=-1) @ F.normalize(text, dim=-1).t()  # (N, h*w, classes)
+        side = maps.shape[-1]
         for i in range(n):
             cls = int(scenes.class_ids[i, 0])
             if j == 0:
                 axes[i, 0].imshow(scenes.images[i].permute(1, 2, 0).numpy())
                 axes[i, 0].set_title(prompts[cls], fontsize=8)
-            axes[i, j + 1].imshow(overlay(scenes.images[i], maps[i, cls]))
+            axes[i, 1 + 2 * j].imshow(overlay(scenes.images[i], maps[i, cls]))
+            axes[i, 2 + 2 * j].imshow(overlay(scenes.images[i], sims[i, :, cls].reshape(side, side).clamp(min=0)))
             if i == 0:
-                axes[i, j + 1].set_title(name, fontsize=9)
+                axes[i, 1 + 2 * j].set_title(f"{name}\nGrad-ECLIP", fontsize=8)
+                axes[i, 2 + 2 * j].set_title(f"{name}\ndense features", fontsize=8)
     for ax in axes.flat:
         ax.axis("off")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
