@@ -401,6 +401,14 @@ def test_bad_row_during_training_keeps_what_was_written(tmp_path: Path) -> None:
     assert not (tmp_path / "run2" / "checkpoints").exists()
 
 
+def test_caption_outside_the_shapes_vocabulary_is_a_bad_row(tmp_path: Path) -> None:
+    rows = [[_png(tmp_path / f"im{i}.png", 30 * i).name, "a red circle"] for i in range(3)]
+    rows.append([rows[0][0], "a purple hexagon"])
+    cfg = _config(tmp_path / "run", data=str(_csv(tmp_path / "d.csv", rows)), steps=1, batch_size=4, loss="global")
+    with pytest.raises(DataRowError, match=r"cannot be tokenized: unknown word\(s\) \['purple', 'hexagon'\]"):
+        train(cfg)
+
+
 def test_wrong_resume_checkpoint(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="no usable checkpoint"):
         train(_config(tmp_path / "x", resume=str(tmp_path)))

@@ -396,6 +396,10 @@ def _train(config: FineTuneConfig, extractor: PhraseExtractor, ctx: DistributedC
             error: Optional[DataRowError] = None
             try:
                 images01, captions = next(batches)
+                try:  # a caption the model's tokenizer refuses is a bad row too (word-level shapes tokenizer)
+                    trainable.tokenize(list(captions))
+                except ValueError as err:
+                    raise DataRowError(f"a caption of step {step} cannot be tokenized: {err}") from None
             except DataRowError as err:
                 error = err
             if not all_true(error is None, ctx):
