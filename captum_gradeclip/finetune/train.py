@@ -375,7 +375,7 @@ def _train(config: FineTuneConfig, extractor: PhraseExtractor, ctx: DistributedC
     wrapped: nn.Module = encoder
     if ctx.distributed:
         ids = [ctx.device.index] if ctx.device.type == "cuda" else None
-        wrapped = nn.parallel.DistributedDataParallel(encoder, device_ids=ids, broadcast_buffers=False)
+        wrapped = nn.parallel.DistributedDataParallel(encoder, device_ids=ids)
     sampler = StepBatches(len(data), config.batch_size, config.seed, ctx.rank, ctx.world_size, start=start,
                           stop=config.steps)
     loader = torch.utils.data.DataLoader(data, batch_sampler=sampler, collate_fn=collate,
