@@ -19,7 +19,7 @@ machine load), forward + backward + optimizer step on the same batch::
 Collect three runs (and the cost file, if present) into the documented table and figure::
 
     python benchmarks/finetune.py --collect runs/base runs/global runs/grad_eclip \\
-        --json docs/results/finetune.json --figure docs/images/finetune_maps.png
+        --json docs/results/finetune.json --figure docs/images/finetune_maps.png [--also name=runs/other ...]
 """
 
 from __future__ import annotations
@@ -175,6 +175,11 @@ def collect(args: argparse.Namespace) -> int:
                          "eval_scenes": results["grad_eclip"]["eval_scenes"],
                          "eval_seed": results["grad_eclip"]["eval_seed"],
                          "note": "times measured on a shared 2-core CPU machine while other jobs ran: noisy"}
+    for spec in args.also or []:  # more runs, e.g. the same loss on several processes
+        name, d = spec.split("=", 1)
+        r = json.loads((Path(d) / "results.json").read_text())
+        table[name] = {**{k: round(r[k], 4) for k in KEYS},
+                       **{k: r.get(k) for k in ("loss", "steps", "world_size", "seconds_per_step", "wall_seconds")}}
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(table, indent=1))
     print(json.dumps(table, indent=1))
@@ -201,6 +206,7 @@ def main(argv: List[str] | None = None) -> int:
     p.add_argument("--figure", default=None)
     p.add_argument("--cost", type=int, default=0, metavar="ROUNDS", help="measure the cost per step of each loss")
     p.add_argument("--cost-file", default=None, help="--collect: the cost.json of a --cost run")
+    p.add_argument("--also", nargs="*", metavar="NAME=DIR", help="--collect: more runs to add to the table")
     args = p.parse_args(argv)
     if args.cost:
         return cost(args)
