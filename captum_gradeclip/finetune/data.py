@@ -34,7 +34,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..data.shapes import CAPTION_STYLES, describe_scene, generate_scenes
+from ..data.shapes import CAPTION_STYLES, ShapesBatch, describe_scene, generate_scenes
 
 __all__ = ["DataRowError", "ShapesCaptions", "CaptionTable", "StepBatches", "open_caption_data", "collate"]
 
@@ -71,7 +71,7 @@ class ShapesCaptions(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return self.size
 
-    def scene(self, index: int):  # -> ShapesBatch of one scene
+    def scene(self, index: int) -> ShapesBatch:
         """The scene of ``index`` with its masks and labels (a one-scene :class:`~captum_gradeclip.data.ShapesBatch`)."""
         if not 0 <= index < self.size:
             raise IndexError(f"scene {index} is out of range for {self.size} scenes")
