@@ -72,7 +72,7 @@ class ShapesCaptions(torch.utils.data.Dataset):
         return self.size
 
     def scene(self, index: int) -> ShapesBatch:
-        """The scene of ``index`` with its masks and labels (a one-scene :class:`~captum_gradeclip.data.ShapesBatch`)."""
+        """The scene of ``index`` with its masks and labels (a one-scene ShapesBatch)."""
         if not 0 <= index < self.size:
             raise IndexError(f"scene {index} is out of range for {self.size} scenes")
         return generate_scenes(1, image_size=self.image_size, num_objects=self.num_objects,

@@ -70,7 +70,6 @@ def init_distributed(device: Optional[str] = None, backend: Optional[str] = None
         DistributedContext: this process's rank, world size and device.
     """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
     local = int(os.environ.get("LOCAL_RANK", "0"))
     kind = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if kind.startswith("cuda"):
