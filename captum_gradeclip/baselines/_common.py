@@ -21,7 +21,8 @@ from torch import Tensor, nn
 
 from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
-from ..errors import LayerNotExecutedError
+from ..errors import LayerNotExecutedError, UnsupportedModelError
+from ..hooking import calling_thread_only, check_runs, model_lock
 from ..targets import single_input, target_columns as _target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
@@ -105,6 +106,7 @@ def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], h
     handles = []
     try:
         for module, kind, fn in hooks:
+            fn = calling_thread_only(fn)  # forwards of other threads through these modules are not this call's
             if kind == "pre":
                 handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
             else:
@@ -125,16 +127,6 @@ def first_tensor_position(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tupl
         if isinstance(a, Tensor):
             return "kw", name
     raise LayerNotExecutedError("the explained block received no tensor input")
-
-
-def check_runs(modules: Sequence[nn.Module], runs: Sequence[int]) -> None:
-    """Every hooked module ran exactly once, or a LayerNotExecutedError that says what happened."""
-    for i, (module, count) in enumerate(zip(modules, runs)):
-        if count != 1:
-            what = "did not run" if count == 0 else f"ran {count} times"
-            raise LayerNotExecutedError(
-                f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
-                "pass blocks of the tower that the scorer encodes")
 
 
 @dataclass
@@ -277,6 +269,11 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
     def __init__(self, forward_func: Callable, blocks: List[nn.Module],
                  device_ids: Optional[List[int]] = None) -> None:
         tower = scorer_tower(forward_func, type(self).__name__)
+        if not tower.has_attention:
+            raise UnsupportedModelError(
+                f"{type(self).__name__} reads attention layers; the {tower.side} tower of "
+                f"{type(tower.model).__name__} has none (its last feature map is averaged into the embedding): use "
+                "GradECLIP (Grad-CAM on that feature map, lambda = 1) or captum.attr.LayerGradCam on the scorer")
         if tower.side != "image" and not self.text_supported:
             raise ValueError(f"{type(self).__name__} explains images only: pass an ImageTextSimilarity scorer")
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
@@ -288,7 +285,12 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         x, is_tuple = single_input(inputs, type(self).__name__)
         extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
         self.tower.validate(x, *extra)
-        with torch.inference_mode(False):
+        if x.shape[0] == 0:  # an empty batch: an empty result of the right shape
+            layout = self.tower.layout(x, *extra)
+            out = self._shape(torch.zeros(0, layout.report_mask.shape[1], device=x.device), layout)
+            return (out,) if is_tuple else out
+        # one call at a time per model: hooks fire for every forward through a module (see captum_gradeclip.hooking)
+        with model_lock(self.tower.model), torch.inference_mode(False):
             layout = self.tower.layout(x, *extra)
             values = self._token_map(x, extra, layout, target)
         out = self._shape(values.detach(), layout)
@@ -303,6 +305,8 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         values = values.float() * layout.report_mask.to(values.device)
         if layout.grid is None:
             return values
-        keep = layout.report_mask[0]
         h, w = layout.grid
+        if values.shape[0] == 0:
+            return values.new_zeros(0, 1, h, w)
+        keep = layout.report_mask[0]
         return values[:, keep].reshape(values.shape[0], 1, h, w)

@@ -8,8 +8,9 @@ shorter side is ``S`` and centre-cropped, as CLIP's preprocessing does) and a no
 - :class:`CaptionTable`: a user's rows of ``(image path, caption)`` from a CSV file (columns ``image`` and
   ``caption``), a Parquet file (same columns) or a folder (each image with a ``.txt`` file of the same stem).
   Every row is checked when the table is opened (image file present, caption not empty): a bad row raises
-  :class:`DataRowError` naming the file, the row and what is wrong, before any training starts. An image that
-  exists but cannot be decoded is reported the same way when it is read.
+  :class:`DataRowError` naming the file, the row and what is wrong, before any training starts. Images are read
+  with the library's guarded loader (:func:`captum_gradeclip.image_io.load_image`: size and pixel limits,
+  supported formats, truncated files); one it refuses is reported the same way when it is read.
 
 :class:`StepBatches` decides which rows each step and rank get: one seeded permutation of the rows per epoch,
 cut into global batches, each global batch cut into one contiguous slice per rank (what ``DistributedSampler``
@@ -35,10 +36,9 @@ import torch
 from torch import Tensor
 
 from ..data.shapes import CAPTION_STYLES, ShapesBatch, describe_scene, generate_scenes
+from ..image_io import IMAGE_SUFFIXES
 
 __all__ = ["DataRowError", "ShapesCaptions", "CaptionTable", "StepBatches", "open_caption_data", "collate"]
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 class DataRowError(ValueError):
@@ -89,17 +89,13 @@ class ShapesCaptions(torch.utils.data.Dataset):
 
 
 def _load_image(path: Path, size: int, where: str) -> Tensor:
-    from PIL import Image, UnidentifiedImageError
-
     from ..cli import prepare_image
+    from ..image_io import ImageLoadError, load_image
+
     try:
-        with Image.open(path) as im:
-            im.load()
-            rgb = im.convert("RGB")
-    except FileNotFoundError:
-        raise DataRowError(f"{where}: image not found: {path}") from None
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as err:
-        raise DataRowError(f"{where}: cannot read image {path}: {err}") from None
+        rgb = load_image(path)  # the library's guarded loader: size and pixel limits, formats, truncation
+    except ImageLoadError as err:
+        raise DataRowError(f"{where}: {err}") from None
     return prepare_image(rgb, size, None, "model")
 
 
