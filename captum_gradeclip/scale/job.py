@@ -151,7 +151,7 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
            "images_per_file": images_per_file, "max_pixels": max_pixels, "max_bytes": max_bytes,
            "image_column": image_column, "caption_column": caption_column}
     folder.check_job(job)
-    described = _describe_model(model, prompts)  # loads the model once here: bad flags fail before any work
+    described = _describe_model(model, prompts, layers, word_maps)  # bad flags fail here, before any work
     shards = plan_shards(items, images_per_file)
     manifest = {"format": MANIFEST_FORMAT, "job": job, **described, "versions": _versions(),
                 "arguments": arguments or {}, "status": "running", "images": len(items), "files": len(shards)}
@@ -216,16 +216,16 @@ def _source_id(source: Any) -> str:
     return str(path.resolve()) if path.exists() else str(Path(text).absolute())
 
 
-def _describe_model(model: ModelSpec, prompts: List[str]) -> Dict[str, Any]:
-    """Load the model on the CPU of the driver: its name, image size and patch size (which the decoding tasks
-    need), and a check that every prompt can be tokenized."""
-    from ..adapters import image_tower
-    from ..cli import _load
+def _describe_model(model: ModelSpec, prompts: List[str], layers: Optional[int], word_maps: bool) -> Dict[str, Any]:
+    """Load the model on the CPU of the driver: its name, image size and native stride (which the decoding tasks
+    need), and the checks of ``gradeclip explain`` (the prompts tokenize, ``layers`` fits the towers)."""
+    from ..cli import _check_layers, _load, native_stride
     lm = _load(argparse.Namespace(device="cpu", **asdict(model)))
     if prompts:
         lm.tokenize(prompts)  # raises ValueError naming the unknown words (the shapes model's vocabulary)
-    patch = getattr(image_tower(lm.model), "patch", (None,))[0]
-    return {"model_name": lm.name, "image_size": int(lm.image_size), "patch": None if patch is None else int(patch)}
+    _check_layers(lm, layers, "both" if word_maps else "image")
+    patch = native_stride(lm)
+    return {"model_name": lm.name, "image_size": int(lm.image_size), "patch": patch}
 
 
 def _versions() -> Dict[str, str]:
