@@ -13,6 +13,10 @@ dataset amortises) and steady: the marginal rate ``(N - n) / (T(N) - T(n))`` fro
 ``n = N / 8`` images, which cancels the start-up. Goals on a 2-core machine: Ray with 1 worker >= 0.85x
 in-process (the engine's overhead), 2 workers >= 1.6x 1 worker (steady rates).
 
+Wall-clock rates are only comparable on a quiet machine. The CPU time of every process of a run (this one, Ray's
+daemons, the decoding tasks and the workers; sampled from /proc on Linux) is also printed per image (marginal, as
+the steady rate): the engine's overhead as CPU spent, which the load of other jobs changes much less.
+
     python benchmarks/scale.py                           # open_clip ViT-B-32, random weights, 128 images
     python benchmarks/scale.py --demo --images 64        # the shipped shapes model (overhead-bound: tiny model)
 """
@@ -23,6 +27,7 @@ import argparse
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 from typing import Dict, List
@@ -31,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from captum_gradeclip.cli import _load, explain_images, prepare_image  # noqa: E402
+from captum_gradeclip.cli import _load, explain_images, native_stride, prepare_image  # noqa: E402
 from captum_gradeclip.image_io import load_image  # noqa: E402
 
 
@@ -50,18 +55,71 @@ def write_images(folder: Path, count: int) -> List[Path]:
     return paths
 
 
+def _tree_cpu() -> Dict[int, float]:
+    """CPU seconds (user + system) of this process and of every live process below it, by pid (Linux /proc)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parents, times = {}, {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parents[int(entry)] = int(fields[1])
+        times[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    out = {}
+    for pid, seconds in times.items():
+        ancestor = pid
+        while ancestor > 1 and ancestor != os.getpid():
+            ancestor = parents.get(ancestor, 1)
+        if ancestor == os.getpid():
+            out[pid] = seconds
+    return out
+
+
+class CpuMeter:
+    """CPU seconds spent by this process and every process below it (a local Ray's daemons, tasks and actors)
+    while the meter runs: the tree is sampled every 0.2 s, so a worker that exits (an actor at the end of a job)
+    is counted up to its last sample. NaN where /proc is not available."""
+
+    def __init__(self) -> None:
+        self.seconds = float("nan")
+
+    def __enter__(self) -> "CpuMeter":
+        if os.path.isdir("/proc"):
+            self._first, self._last = _tree_cpu(), {}
+            self._stop = threading.Event()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.2):
+            self._last.update(_tree_cpu())
+
+    def __exit__(self, *exc: object) -> None:
+        if os.path.isdir("/proc"):
+            self._stop.set()
+            self._thread.join()
+            self._last.update(_tree_cpu())
+            self.seconds = sum(t - self._first.get(pid, 0.0) for pid, t in self._last.items())
+
+
 def in_process(args: argparse.Namespace, paths: List[Path], prompts: List[str]) -> Dict[str, float]:
-    from captum_gradeclip.adapters import image_tower
     torch.set_num_threads(1)
     lm = _load(model_namespace(args))
-    patch = getattr(image_tower(lm.model), "patch", (None,))[0]
-    start = time.perf_counter()
-    for i in range(0, len(paths), args.batch_size):
-        batch = torch.stack([prepare_image(load_image(p), lm.image_size, patch, args.size)
-                             for p in paths[i:i + args.batch_size]])
-        explain_images(lm, batch, prompts, explain="image", layers=None, single_head=False, device="cpu")
-    seconds = time.perf_counter() - start
-    return {"seconds": seconds, "rate": len(paths) / seconds, "steady": len(paths) / seconds}
+    patch = native_stride(lm)
+    with CpuMeter() as cpu:
+        start = time.perf_counter()
+        for i in range(0, len(paths), args.batch_size):
+            batch = torch.stack([prepare_image(load_image(p), lm.image_size, patch, args.size)
+                                 for p in paths[i:i + args.batch_size]])
+            explain_images(lm, batch, prompts, explain="image", layers=None, single_head=False, device="cpu")
+        seconds = time.perf_counter() - start
+    return {"seconds": seconds, "rate": len(paths) / seconds, "steady": len(paths) / seconds,
+            "cpu": cpu.seconds / len(paths)}
 
 
 def on_ray(args: argparse.Namespace, folders: Dict[int, Path], out: Path, prompts: List[str],
@@ -69,17 +127,20 @@ def on_ray(args: argparse.Namespace, folders: Dict[int, Path], out: Path, prompt
     """Whole-call and marginal rates of ``explain_dataset`` on ``folders[N]`` and ``folders[n]``."""
     from captum_gradeclip.scale import ModelSpec, explain_dataset
     spec = ModelSpec(demo=args.demo, model=args.model, pretrained=args.pretrained)
-    seconds = {}
+    seconds, cpu = {}, {}
     for count, folder in folders.items():
-        start = time.perf_counter()
-        summary = explain_dataset(folder, out / str(count), texts=prompts, model=spec, size=args.size,
-                                  workers=workers, cpus_per_worker=1, batch_size=args.batch_size,
-                                  images_per_file=args.batch_size, progress=False)
-        seconds[count] = time.perf_counter() - start
+        with CpuMeter() as meter:
+            start = time.perf_counter()
+            summary = explain_dataset(folder, out / str(count), texts=prompts, model=spec, size=args.size,
+                                      workers=workers, cpus_per_worker=1, batch_size=args.batch_size,
+                                      images_per_file=args.batch_size, progress=False)
+            seconds[count] = time.perf_counter() - start
+        cpu[count] = meter.seconds
         assert summary.images_explained == count and summary.errors == 0, summary
     big, small = max(seconds), min(seconds)
     return {"seconds": seconds[big], "rate": big / seconds[big],
-            "steady": (big - small) / max(seconds[big] - seconds[small], 1e-9)}
+            "steady": (big - small) / max(seconds[big] - seconds[small], 1e-9),
+            "cpu": (cpu[big] - cpu[small]) / (big - small)}
 
 
 def model_namespace(args: argparse.Namespace) -> argparse.Namespace:
@@ -111,7 +172,7 @@ def main() -> None:
         small = max(args.batch_size, args.images // 8)
         for p in paths[:small]:
             (head / p.name).symlink_to(p)
-        folders = {args.images: folder, small: head}
+        folders = {small: head, args.images: folder}  # the short run first: it also starts Ray's helper processes
         name = "shapes demo" if args.demo else f"{args.model} ({args.pretrained})"
         print(f"{args.images} images, {args.texts} prompt(s), batch {args.batch_size}, {name}, "
               f"{os.cpu_count()} CPU(s), torch {torch.__version__}, ray {ray.__version__}")
@@ -128,14 +189,15 @@ def main() -> None:
             ray.shutdown()
     base, one = rows["in-process"], rows["ray, 1 worker(s)"]
     print(f"\n{'mode':<18}{'wall s':>8}{'images/s':>10}{'maps/s':>9}{'steady img/s':>14}{'steady maps/s':>15}"
-          f"{'x in-process':>14}{'x 1 worker':>12}")
+          f"{'x in-process':>14}{'x 1 worker':>12}{'CPU s/image':>13}")
     for mode, r in rows.items():
         print(f"{mode:<18}{r['seconds']:>8.1f}{r['rate']:>10.2f}{r['rate'] * args.texts:>9.2f}{r['steady']:>14.2f}"
               f"{r['steady'] * args.texts:>15.2f}{r['steady'] / base['steady']:>14.2f}"
-              f"{r['steady'] / one['steady']:>12.2f}")
-    print(f"\ngoal: ray 1 worker / in-process >= 0.85: {one['steady'] / base['steady']:.2f} (steady), "
-          f"{one['rate'] / base['rate']:.2f} (whole call)")
+              f"{r['steady'] / one['steady']:>12.2f}{r['cpu']:>13.3f}")
     two = rows["ray, 2 worker(s)"]
+    print(f"\ngoal: ray 1 worker / in-process >= 0.85: {one['steady'] / base['steady']:.2f} (steady), "
+          f"{one['rate'] / base['rate']:.2f} (whole call); CPU per image in-process / ray: "
+          f"{base['cpu'] / one['cpu']:.2f} (1 worker), {base['cpu'] / two['cpu']:.2f} (2 workers)")
     print(f"goal: ray 2 workers / 1 worker >= 1.6: {two['steady'] / one['steady']:.2f} (steady), "
           f"{two['rate'] / one['rate']:.2f} (whole call)")
 
