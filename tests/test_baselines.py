@@ -175,7 +175,7 @@ def test_game_replacement_leaves_the_scorer_output_unchanged(case):
     with torch.no_grad():
         plain = case.scorer(case.x, *extra)
     torch.testing.assert_close(scores, plain, atol=1e-6, rtol=1e-6)
-    assert scores.requires_grad and all(r.extra["probe"].requires_grad for r in records)
+    assert scores.requires_grad and all(r.extra["probe"][0].requires_grad for r in records)
     assert _hook_count(case.model) == 0
 
 

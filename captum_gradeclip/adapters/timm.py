@@ -13,7 +13,7 @@ bands, then the model's blocks, norm and head.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -306,8 +306,15 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
         else:
             for blk in t.blocks:
                 x = blk(x, rope=rope)
-        x = t.norm(x)
-        return self.visual.head(t.forward_head(x))
+        return self.embed_tokens(x)
+
+    def embed_tokens(self, tokens: Tensor, *unused: Any) -> Tensor:
+        """The embedding of the output tokens of any block: the trunk's final norm and head, then open_clip's."""
+        t = self.trunk
+        return self.visual.head(t.forward_head(t.norm(tokens)))
+
+    def token_head(self) -> Optional[Callable[..., Tensor]]:
+        return self.embed_tokens
 
     def _tokens(self, images: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Tokens entering ``norm_pre`` and the rotary embedding for the image's grid (other sizes)."""

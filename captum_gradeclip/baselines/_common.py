@@ -9,8 +9,10 @@ recomputation is checked against the module's own output.
 
 from __future__ import annotations
 
+import threading
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum._utils.common import _format_additional_forward_args
@@ -96,12 +98,9 @@ def probe_gradients(scores: Tensor, target: TargetType, probes: Sequence[Tensor]
 
 
 # -------------------------------------------------------------------------------------------------------- hooks
-def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
-    """Run the scorer once under ``no_grad`` with the given hooks; every hook is removed, even on error.
-
-    Hooks that need a graph call ``torch.set_grad_enabled(True)`` themselves: the graph then starts at the
-    first hooked layer, and the surrounding ``no_grad`` restores the caller's grad mode on exit.
-    """
+@contextmanager
+def hooked(hooks: Sequence[Hook]) -> Iterator[None]:
+    """Register the given hooks for the duration of a ``with`` block; every hook is removed, even on error."""
     handles = []
     try:
         for module, kind, fn in hooks:
@@ -109,11 +108,33 @@ def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], h
                 handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(fn, with_kwargs=True))
-        with torch.no_grad():
-            return forward_func(inputs, *extra)
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+def this_thread_only(hooks: Sequence[Hook]) -> List[Hook]:
+    """The hooks, made inert in every thread but the calling one (another thread's forward pass through the same
+    model, e.g. a concurrent call, is left alone)."""
+    owner = threading.get_ident()
+
+    def wrap(fn: Callable) -> Callable:
+        def hook(*args: Any, **kwargs: Any) -> Any:
+            return fn(*args, **kwargs) if threading.get_ident() == owner else None
+        return hook
+
+    return [(module, kind, wrap(fn)) for module, kind, fn in hooks]
+
+
+def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
+    """Run the scorer once under ``no_grad`` with the given hooks; every hook is removed, even on error.
+
+    Hooks that need a graph call ``torch.set_grad_enabled(True)`` themselves: the graph then starts at the
+    first hooked layer, and the surrounding ``no_grad`` restores the caller's grad mode on exit.
+    """
+    with hooked(hooks), torch.no_grad():
+        return forward_func(inputs, *extra)
 
 
 def first_tensor_position(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[str, Any]:
@@ -222,6 +243,34 @@ def check_recomputed(y_new: Tensor, y_old: Tensor, rows: Tensor, module: nn.Modu
             f"the attention recomputed from q and k of {type(module).__name__} does not reproduce the module's "
             f"output (max difference {float(err):.3g}); is the model in training mode with attention dropout, "
             "or does it use an attention mask or variant that the adapter does not know?")
+
+
+def probe_attention(allowed: Optional[Tensor], rows: Callable[[Tensor], Tensor]) -> HookBody:
+    """Hook body that puts the attention probabilities of a module into the graph, with a zero probe added.
+
+    The module's output is replaced by ``y = project((A + probe) v)`` with ``A = softmax(q k^T scale + mask)``
+    recomputed from the module's own inputs (``allowed``: the boolean mask, broadcastable to ``(N, Lq, Lk)``).
+    ``rows(y)`` is the ``(N, Lq)`` boolean mask of the query rows checked against the module's own output and
+    replaced; the other rows keep the module's output. The record's ``extra`` holds ``probs`` (detached) and
+    ``probe`` (the gradient w.r.t. it is the gradient w.r.t. ``A``), appended to lists when the module runs
+    several times. Grad mode is switched on (``run_hooked``'s ``no_grad`` restores it).
+    """
+    def body(rec: AttentionRecord, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+             output: Any) -> Any:
+        adapter = rec.adapter
+        torch.set_grad_enabled(True)
+        y_old = adapter.output_tensor(output)
+        q, k, v = adapter.qkv(args, kwargs)
+        probs = attention_probs(adapter, q, k, allowed)
+        probe = torch.zeros_like(probs, requires_grad=True)
+        y_new = output_from_probs(adapter, probs + probe, v).to(y_old.dtype)
+        live = rows(y_new).to(y_new.device)
+        check_recomputed(y_new, y_old, live, module)
+        rec.extra.setdefault("probs", []).append(probs.detach())
+        rec.extra.setdefault("probe", []).append(probe)
+        return adapter.replace_output(output, torch.where(live[..., None], y_new, y_old.detach()))
+
+    return body
 
 
 def recorded_attention(rec: AttentionRecord, layout: TokenLayout, check: bool = True) -> Tuple[Tensor, Tensor]:
