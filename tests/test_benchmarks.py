@@ -75,3 +75,14 @@ def test_live_tensor_bytes_counts_what_is_alive():
         d = c * 3  # 4 MiB, with b alive (a was freed)
     assert live.peak == 2 * 4 * 2 ** 20
     del b, d
+
+
+def test_legrad_cost_script_times_every_method(scripts, capsys):
+    import legrad_cost
+    result = legrad_cost.main(["--model", "ViT-S-32", "--image-size", "64", "--batch", "2", "--threads", "1",
+                               "--repeats", "1"])
+    names = [r["method"] for r in result["rows"]]
+    assert names[0] == "forward (no grad)" and len(names) == 8
+    assert {"LeGrad (last layer)", "LeGrad (all 12 layers)", "Grad-ECLIP (all 12 layers)"} <= set(names)
+    assert all(r["ms per map"] > 0 for r in result["rows"])
+    assert "| LeGrad (last 3 layers) |" in capsys.readouterr().out
