@@ -235,3 +235,44 @@ def test_other_open_clip_towers(name):
     torch.testing.assert_close(out[1:], method.attribute(x[1:], target=2), atol=1e-5, rtol=1e-4)
     assert len(method.probed) == (1 if tower.attention_pooler() is not None else len(tower.token_blocks()))
     _assert_unchanged(model, before)
+
+
+def _hf_families():
+    pytest.importorskip("transformers")
+    import test_coverage_hf
+    return test_coverage_hf
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip", "altclip", "chinese_clip", "blip", "siglip2", "metaclip2"])
+def test_hf_families_wide_images(family):
+    hf = _hf_families()
+    if family not in hf.FAMILIES:
+        pytest.skip(f"{family} needs a newer transformers")
+    model = hf.build(family)
+    scorer = ImageTextSimilarity(model, hf.text_inputs(family))
+    x = hf.images(48, 96)
+    before = _snapshot(model)
+    method = LeGrad(scorer)
+    out = method.attribute(x, target=[0, 1])
+    assert out.shape == (2, 1, 3, 6) and (out >= 0).all() and (out <= 1).all()
+    torch.testing.assert_close(_flat(out).max(-1).values, torch.ones(2))
+    torch.testing.assert_close(out[1:], method.attribute(x[1:], target=1), atol=1e-5, rtol=1e-4)
+    _assert_unchanged(model, before)
+
+
+def test_siglip2_padded_patches_equal_images():
+    hf = _hf_families()
+    if "siglip2" not in hf.FAMILIES:
+        pytest.skip("SigLIP 2 needs a newer transformers")
+    from captum_gradeclip.adapters.hf_siglip import patchify
+    model = hf.build("siglip2")
+    scorer = ImageTextSimilarity(model, hf.text_inputs("siglip2"))
+    x = hf.images(48, 48)
+    pv = patchify(x, (16, 16))
+    n, p, d = pv.shape
+    padded = torch.cat([pv, torch.zeros(n, 3, d)], 1)  # the processor pads to a fixed number of patches
+    mask = torch.cat([torch.ones(n, p), torch.zeros(n, 3)], 1).long()
+    shapes = torch.tensor([[3, 3]] * n)
+    method = LeGrad(scorer)
+    ours = method.attribute(padded, target=0, additional_forward_args=(mask, shapes))
+    torch.testing.assert_close(ours, method.attribute(x, target=0), atol=1e-5, rtol=1e-4)
