@@ -40,9 +40,16 @@ def image_methods(clip, scorer) -> Dict[str, Method]:
     ge_all = GradECLIP(scorer, blocks)
     ge_single = GradECLIP(scorer, single_head=True)
     token_blocks = tower.token_blocks()
-    lg_last = LeGrad(scorer, token_blocks[-1:])
-    lg_multi = LeGrad(scorer, token_blocks[-3:])
-    lg_all = LeGrad(scorer)
+    lg_last, lg_multi, lg_all = LeGrad(scorer, token_blocks[-1:]), LeGrad(scorer, token_blocks[-3:]), LeGrad(scorer)
+    legrad: Dict[str, Method] = {
+        "LeGrad (last layer)": lambda x, t: lg_last.attribute(x, target=t),
+        "LeGrad (last 3 layers)": lambda x, t: lg_multi.attribute(x, target=t),
+        f"LeGrad (all {len(token_blocks)} layers)": lambda x, t: lg_all.attribute(x, target=t),
+    }
+    if tower.attention_pooler() is None:  # the legrad-torch package's feature for class-token CLIPs: token mean
+        lg_mean = LeGrad(scorer, feature="mean")
+        legrad[f"LeGrad, mean-token feature (all {len(token_blocks)} layers)"] = \
+            lambda x, t: lg_mean.attribute(x, target=t)
     ig = IntegratedGradients(scorer)
     gs = GradientShap(scorer)
     sal = Saliency(scorer)
@@ -52,9 +59,7 @@ def image_methods(clip, scorer) -> Dict[str, Method]:
         "Grad-ECLIP (last 3 layers)": lambda x, t: ge_multi.attribute(x, target=t),
         f"Grad-ECLIP (all {len(blocks)} layers)": lambda x, t: ge_all.attribute(x, target=t),
         "Grad-ECLIP single_head (authors' code)": lambda x, t: ge_single.attribute(x, target=t),
-        "LeGrad (last layer)": lambda x, t: lg_last.attribute(x, target=t),
-        "LeGrad (last 3 layers)": lambda x, t: lg_multi.attribute(x, target=t),
-        f"LeGrad (all {len(token_blocks)} layers)": lambda x, t: lg_all.attribute(x, target=t),
+        **legrad,
         "Raw attention (last layer)": lambda x, t: RawAttention(scorer).attribute(x, target=t),
         "Attention rollout": lambda x, t: AttentionRollout(scorer).attribute(x, target=t),
         "GAME (Chefer et al. 2021)": lambda x, t: GradientWeightedAttention(scorer).attribute(x, target=t),
@@ -68,10 +73,6 @@ def image_methods(clip, scorer) -> Dict[str, Method]:
             fa.attribute(x, target=t, feature_mask=patch_feature_mask(x, patch[0]), perturbations_per_eval=16),
             grid(x), reduce="mean").clamp_min(0),
     }
-    if tower.attention_pooler() is None:  # the legrad-torch package's feature for class-token CLIPs
-        lg_mean = LeGrad(scorer, feature="mean")
-        methods[f"LeGrad, mean-token feature (all {len(token_blocks)} layers)"] = \
-            lambda x, t: lg_mean.attribute(x, target=t)
     try:
         mc = MaskCLIPSimilarity(scorer)
         methods["MaskCLIP dense similarity"] = lambda x, t: mc.attribute(x, target=t)
