@@ -3,7 +3,7 @@
 #   bash benchmarks/gpu_check.sh            (results under $OUT, or ./gpu_results when $OUT is unset)
 # Installs nothing beyond the package itself; the machine must have torch with CUDA, open_clip_torch and captum.
 # Most important first, so that a run cut short still answers the goals: CUDA tests (maps equal the CPU's,
-# at most two host-device syncs per call), peak memory, the bf16 speed table, autocast closeness, the fp32 table.
+# at most three host-device syncs per call), peak memory, the bf16 speed table, autocast closeness, the fp32 table.
 set -uo pipefail
 out="${OUT:-gpu_results}"; mkdir -p "$out"
 export PYTHONPATH=. PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 MPLBACKEND=Agg

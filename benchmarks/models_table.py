@@ -6,8 +6,8 @@ Usage::
 
 Each config of ``open_clip.list_models()`` is shrunk (see ``tests/openclip_zoo.py``), built with random weights,
 and both towers are run through ``GradECLIP``: an image map at the native size and at twice the width, a text
-map. Configs are grouped by tower family; the table says what is explained, which layers are explained by
-default, and why a tower raises ``UnsupportedModelError``.
+map, with the fixed side of each scorer encoded by the model. Configs are grouped by tower family; the table says
+what is explained, which layers are explained by default, and why a tower raises ``UnsupportedModelError``.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import torch  # noqa: E402
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError  # noqa: E402
 from captum_gradeclip.layers import describe_layers  # noqa: E402
-from openclip_zoo import EMBED, build, native_image_size, text_tokens  # noqa: E402
+from openclip_zoo import build, native_image_size, text_tokens  # noqa: E402
 
 
 def _pattern(names: List[str], side: str) -> str:
@@ -61,8 +61,9 @@ def image_family(model) -> str:
         if type(getattr(t, "patch_embed", None)).__name__.startswith("Hybrid"):
             extra += ", convolutional stem"
         pool = {"token": "class token", "avg": "average", "MAP": "MAP head"}.get(pool, pool or "none")
-        return f"timm {type(t).__name__} ({pool}{extra})" if hasattr(t, "blocks") and hasattr(t, "global_pool") \
-            else f"timm {type(t).__name__}"
+        if hasattr(t, "blocks") and isinstance(getattr(t, "global_pool", None), str):
+            return f"timm {type(t).__name__} ({pool}{extra})"
+        return f"timm {type(t).__name__} (global average of the last feature map)"
     return kind
 
 
@@ -87,15 +88,17 @@ def run_one(name: str) -> Dict[str, str]:
     model = build(name)
     row["image_family"] = image_family(model)
     row["text_family"] = text_family(model)
-    try:
-        scorer = ImageTextSimilarity(model, torch.randn(2, EMBED))
+    h, w = native_image_size(model)
+    images = torch.randn(2, 3, h, w)
+    tokens = text_tokens(model)
+    try:  # the fixed side of each scorer is encoded by the model itself
+        scorer = ImageTextSimilarity(model, tokens)
     except UnsupportedModelError as err:
         row["image"] = "UnsupportedModelError"
         row["image_note"] = str(err).split(";")[0]
         row["image_layers"] = "-"
     else:
-        h, w = native_image_size(model)
-        maps = GradECLIP(scorer).attribute(torch.randn(2, 3, h, w), target=0)
+        maps = GradECLIP(scorer).attribute(images, target=0)
         assert torch.isfinite(maps).all() and (maps >= 0).all()
         wide = torch.randn(1, 3, h, 2 * w)
         try:
@@ -104,11 +107,13 @@ def run_one(name: str) -> Dict[str, str]:
             sizes = "any size"
         except ValueError as err:
             sizes = "native size only (" + str(err).split(": ", 2)[-1] + ")"
+        if not scorer.tower.has_attention:
+            sizes = (f"{sizes}, sides multiples of {scorer.tower.patch[0]}; lambda = 1 (Grad-CAM on the last feature "
+                     "map)") if sizes == "any size" else f"{sizes}; lambda = 1 (Grad-CAM on the last feature map)"
         row["image"] = "yes"
         row["image_note"] = sizes
         row["image_layers"] = _pattern(describe_layers(scorer), "image")
-    tokens = text_tokens(model)
-    tscorer = TextImageSimilarity(model, torch.randn(2, EMBED))
+    tscorer = TextImageSimilarity(model, images)
     tmaps = GradECLIP(tscorer).attribute(tokens, target=0)
     assert torch.isfinite(tmaps).all() and (tmaps >= 0).all()
     row["text"] = "yes"
@@ -142,6 +147,11 @@ def write_markdown(rows: List[Dict[str, str]], path: str) -> None:
         "pooler only: its query is the pooling query.",
         "- average-pooled towers (CLIPA, ViTamin, gap ViTs, HF mean poolers) use every pooled token as a query and "
         "sum the per-query maps.",
+        "- towers without a pooling attention (ConvNeXt, FastViT / MobileCLIP-S, Swin) explain the global average "
+        "pool of their last feature map: Grad-ECLIP's channel weights `g = dS/d(pooled)` on that map with lambda = 1, "
+        "i.e. Grad-CAM on the similarity (see [method.md](method.md)).",
+        "- the fixed side of each scorer (the texts of `ImageTextSimilarity`, the images of `TextImageSimilarity`) is "
+        "encoded by the model itself; every run here encodes it so.",
         "",
         "| image tower | image | default image layer | notes | text tower | text | default text layers | configs |",
         "|---|---|---|---|---|---|---|---|",
@@ -169,8 +179,10 @@ def write_markdown(rows: List[Dict[str, str]], path: str) -> None:
         "- Other input sizes: open_clip ViTs and ResNets interpolate their positional embeddings on the fly; "
         "timm towers "
         "resample theirs with `timm.layers.resample_abs_pos_embed` into a new tensor. Models are never modified.",
-        "- Convolutional towers without a pooling attention (ConvNeXt, FastViT / MobileCLIP-S, Swin) raise "
-        "`UnsupportedModelError`; their text towers are explained.",
+        "- Towers without a pooling attention (ConvNeXt, FastViT / MobileCLIP-S, Swin): the map comes on the last "
+        "feature map's grid `(H/r, W/r)`, `r` the trunk's reduction (32, or 64 for MobileCLIP2-S3/S4); the "
+        "attention baselines (rollout, GAME, ...) raise `UnsupportedModelError` for them, Captum's `LayerGradCam` "
+        "explains their earlier stages on the same scorer.",
         "",
     ]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

@@ -137,14 +137,20 @@ def run_image(kind: str, n: int, seed: int, batch: int) -> List[Dict]:
     return rows
 
 
-def run_text(kind: str, n: int, seed: int) -> List[Dict]:
+def text_setting(kind: str, n: int, seed: int):
+    """The shipped ``kind`` model, its text scorer over ``n`` held-out scenes (column i: scene i), the token ids of
+    the scenes' captions and the scorer's extra arguments (HF: the attention mask)."""
     clip = load_shapes_clip(kind)
     scenes = generate_scenes(n, image_size=clip.image_size, num_objects=(2, 3), seed=seed)
-    pixels = clip.normalize(scenes.images)
     enc = clip.tokenize(scenes.captions)
     ids, mask = (enc, None) if isinstance(enc, torch.Tensor) else (enc["input_ids"], enc["attention_mask"])
-    extra = None if mask is None else (mask,)
-    scorer = TextImageSimilarity(clip.model, pixels)  # column i: scene i
+    scorer = TextImageSimilarity(clip.model, clip.normalize(scenes.images))
+    return clip, scorer, ids, None if mask is None else (mask,)
+
+
+def run_text(kind: str, n: int, seed: int) -> List[Dict]:
+    clip, scorer, ids, extra = text_setting(kind, n, seed)
+    mask = None if extra is None else extra[0]
     embedding = clip.model.token_embedding if kind == "open_clip" else \
         clip.model.text_model.embeddings.token_embedding
     targets = list(range(n))
@@ -157,21 +163,27 @@ def run_text(kind: str, n: int, seed: int) -> List[Dict]:
                                  None if extra is None else (mask[i:i + 50],)).detach().float()
                           for i in range(0, n, 50)])
         elapsed = time.perf_counter() - t0
-        layout = scorer.tower.layout(ids, *(extra or ()))
-        words = maps * layout.report_mask
-        total = words.sum(-1).clamp_min(1e-12)
-        content = (words[:, 2] + words[:, 3]) / total  # positions: 0 start, 1 "a", 2 colour, 3 shape
-        kwargs = dict(word_mask=layout.report_mask, additional_forward_args=extra)
-        rows.append({
-            "model": kind, "side": "text", "method": name,
-            "content-word share": float(content.mean()),
-            "top word is colour/shape": float((words.argmax(-1) >= 2).float().mean()),
-            "word deletion AUC": float(word_deletion_auc(scorer, ids, words, target=targets, **kwargs).mean()),
-            "word insertion AUC": float(word_insertion_auc(scorer, ids, words, target=targets, **kwargs).mean()),
-            "ms per map": 1000 * elapsed / n,
-        })
+        rows.append({"model": kind, "side": "text", "method": name, **word_metrics(scorer, ids, extra, maps, targets),
+                     "ms per map": 1000 * elapsed / n})
         print(json.dumps(rows[-1]))
     return rows
+
+
+def word_metrics(scorer, ids: torch.Tensor, extra, maps: torch.Tensor, targets: List[int]) -> Dict[str, float]:
+    """Text-side metrics of word maps ``(N, L)`` of captions "a <colour> <shape>" (token positions: 0 start, 1 "a",
+    2 colour, 3 shape): the share of importance on the colour and shape words, whether the top word is one of them
+    (an all-zero map's top word is the start token: no), and the word deletion / insertion AUCs."""
+    layout = scorer.tower.layout(ids, *(extra or ()))
+    words = maps * layout.report_mask
+    total = words.sum(-1).clamp_min(1e-12)
+    content = (words[:, 2] + words[:, 3]) / total
+    kwargs = dict(word_mask=layout.report_mask, additional_forward_args=extra)
+    return {
+        "content-word share": float(content.mean()),
+        "top word is colour/shape": float((words.argmax(-1) >= 2).float().mean()),
+        "word deletion AUC": float(word_deletion_auc(scorer, ids, words, target=targets, **kwargs).mean()),
+        "word insertion AUC": float(word_insertion_auc(scorer, ids, words, target=targets, **kwargs).mean()),
+    }
 
 
 def to_markdown(rows: List[Dict]) -> str:

@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+from . import image_io
+from .image_io import IMAGE_SUFFIXES
 
 
 class CLIError(Exception):
@@ -112,15 +113,12 @@ def load_hf(model_id: str, device: str) -> LoadedModel:
 
 # ------------------------------------------------------------------------------------------------- images
 def load_image(path: Path) -> "Any":
-    """A PIL RGB image, or a CLIError naming the file."""
-    from PIL import Image, UnidentifiedImageError
-    if not path.exists():
-        raise CLIError(f"image not found: {path}")
+    """A PIL RGB image through the guarded loader (:func:`captum_gradeclip.image_io.load_image`), or a CLIError
+    naming the file and the reason."""
     try:
-        with Image.open(path) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as err:
-        raise CLIError(f"cannot read image {path}: {err}") from None
+        return image_io.load_image(path)
+    except image_io.ImageLoadError as err:
+        raise CLIError(str(err)) from None
 
 
 def prepare_image(image: Any, size: int, patch: Optional[int], mode: str) -> torch.Tensor:
@@ -175,12 +173,15 @@ class Explanation:
     word_maps: Optional[np.ndarray]  # (T, L)
     words: Optional[List[List[str]]]  # per prompt, the token strings of the explained positions
     word_scores: Optional[List[np.ndarray]]
+    text_layer_rule: Optional[str] = None  # how the text side combined its layers (GradECLIP.layer_rule)
 
 
 def explain_images(lm: LoadedModel, images01: torch.Tensor, prompts: List[str], *, explain: str,
-                   layers: Optional[int], single_head: bool, device: str) -> List[Explanation]:
+                   layers: Optional[int], single_head: bool, device: str,
+                   layer_rule: Optional[str] = None) -> List[Explanation]:
     """Grad-ECLIP maps of a batch of same-size images ``(B, 3, H, W)`` against every prompt (image side), and
-    of every prompt's words against each image (text side)."""
+    of every prompt's words against each image (text side). ``layer_rule``: how several layers are combined
+    (``GradECLIP``'s option; None: the paper's rule for each side)."""
     from .grad_eclip import GradECLIP
     from .scorers import ImageTextSimilarity, TextImageSimilarity
     texts = lm.tokenize(prompts)
@@ -191,16 +192,18 @@ def explain_images(lm: LoadedModel, images01: torch.Tensor, prompts: List[str], 
     image_maps = None
     if explain in ("image", "both"):
         blocks = scorer.tower.blocks()[-layers:] if layers else None
-        image_maps = GradECLIP(scorer, blocks, single_head=single_head).attribute_all(pixels).cpu().numpy()
+        image_maps = GradECLIP(scorer, blocks, single_head=single_head,
+                               layer_rule=layer_rule).attribute_all(pixels).cpu().numpy()
     results = []
     for b in range(images01.shape[0]):
-        word_maps = words = word_scores = None
+        word_maps = words = word_scores = text_rule = None
         if explain in ("text", "both"):
             tscorer = TextImageSimilarity(lm.model, pixels[b:b + 1])
             ids, mask = _split_text_inputs(texts)
             extra = () if mask is None else (mask,)
             blocks = tscorer.tower.blocks()[-layers:] if layers else None
-            ge = GradECLIP(tscorer, blocks, single_head=single_head)
+            ge = GradECLIP(tscorer, blocks, single_head=single_head, layer_rule=layer_rule)
+            text_rule = ge.layer_rule
             word_maps = ge.attribute(ids, target=[0] * len(prompts),
                                      additional_forward_args=extra or None).cpu().numpy()
             keep = tscorer.tower.layout(ids, *extra).report_mask.cpu()
@@ -212,7 +215,8 @@ def explain_images(lm: LoadedModel, images01: torch.Tensor, prompts: List[str], 
                 word_scores.append(word_maps[i, positions])
         results.append(Explanation(image01=images01[b], prompts=prompts, similarity=sims[b],
                                    image_maps=None if image_maps is None else image_maps[b],
-                                   word_maps=word_maps, words=words, word_scores=word_scores))
+                                   word_maps=word_maps, words=words, word_scores=word_scores,
+                                   text_layer_rule=text_rule))
     return results
 
 
@@ -234,8 +238,9 @@ def write_outputs(exp: Explanation, out: Path, stem: str) -> List[Path]:
         rows = [(f"{p}  (similarity {s:.3f})", w, torch.from_numpy(np.asarray(sc, dtype=np.float32)))
                 for p, s, w, sc in zip(exp.prompts, exp.similarity, exp.words, exp.word_scores)]
         path = out / f"{stem}_words.html"
-        path.write_text(viz.tokens_html_page(rows, page_title=f"Grad-ECLIP word importance: {stem}"),
-                        encoding="utf-8")
+        page = viz.tokens_html_page(rows, page_title=f"Grad-ECLIP word importance: {stem}",
+                                    empty_message=viz.empty_words_message(exp.text_layer_rule, _SWITCH))
+        path.write_text(page, encoding="utf-8")
         written.append(path)
     arrays = {"prompts": np.array(exp.prompts), "similarity": exp.similarity}
     if exp.image_maps is not None:
@@ -279,13 +284,39 @@ def _load_quiet(args: argparse.Namespace) -> LoadedModel:
     return load_open_clip(args.model, pretrained, device)
 
 
+_SWITCH = "--layer-rule relu_then_sum"  # how a CLI user selects the other text rule
+_MAX_WORDS = 6  # words listed per prompt in the summary
+
+
+def _word_shares(words: List[str], scores: np.ndarray) -> str:
+    """``"cyan 60%, triangle 40%, a 0%"``: the words by decreasing share of the positive total (ties in order)."""
+    positive = np.clip(np.asarray(scores, dtype=np.float64), 0, None)
+    shares = positive / positive.sum()
+    order = np.argsort(-shares, kind="stable")
+    listed = [f"{words[i]} {shares[i]:.0%}" for i in order[:_MAX_WORDS]]
+    more = len(order) - _MAX_WORDS
+    return ", ".join(listed) + (f", ... ({more} more)" if more > 0 else "")
+
+
 def _summary(stem: str, exp: Explanation) -> str:
+    """The best-matching prompt, then each prompt's words with their shares. A map with no positive word is
+    reported as such, never as a ranking; a note explains zero words under the paper's text rule."""
+    from .viz import empty_words_message
     best = int(np.argmax(exp.similarity))
     parts = [f"{stem}: best match {exp.prompts[best]!r} ({exp.similarity[best]:.3f})"]
+    zero_words = False
     if exp.words is not None:
         for p, w, s in zip(exp.prompts, exp.words, exp.word_scores):
-            if len(s):
-                parts.append(f"  {p!r}: most important word {w[int(np.argmax(s))]!r}")
+            if not len(s):
+                continue
+            if not np.any(np.asarray(s) > 0):
+                parts.append(f"  {p!r}: {empty_words_message(exp.text_layer_rule, _SWITCH)}")
+                continue
+            zero_words = zero_words or bool(np.any(np.asarray(s) <= 0))
+            parts.append(f"  {p!r}: word shares {_word_shares(w, s)}")
+    if zero_words and exp.text_layer_rule == "sum_then_relu":
+        parts.append("  (0% = no positive contribution under the paper's rule, sum over layers then ReLU; "
+                     f"{_SWITCH} counts each layer's positive part)")
     return "\n".join(parts)
 
 
@@ -317,7 +348,8 @@ def cmd_explain(args: argparse.Namespace) -> int:
     with tqdm(total=len(prepared), disable=len(prepared) < 2, desc="explaining", unit="image") as bar:
         for batch in batches:
             exps = explain_images(lm, torch.stack([t for _, t in batch]), prompts, explain=args.explain,
-                                  layers=args.layers, single_head=args.single_head, device=args.device)
+                                  layers=args.layers, single_head=args.single_head, device=args.device,
+                                  layer_rule=args.layer_rule)
             for (path, _), exp in zip(batch, exps):
                 write_outputs(exp, out, path.stem)
                 bar.write(_summary(path.stem, exp))
@@ -334,7 +366,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     present = [f"a {c} {s}" for c, s in _objects(scene)]
     prompts = present + [p for p in ("a blue square", "a red circle", "a green triangle") if p not in present][:1]
     exp = explain_image(lm, scene.images[0], prompts, explain="both", layers=None, single_head=False,
-                        device=args.device)
+                        device=args.device, layer_rule=args.layer_rule)
     out = Path(args.out)
     written = write_outputs(exp, out, "demo")
     print(_summary("demo scene", exp))
@@ -349,6 +381,14 @@ def _objects(scene: Any) -> List[Tuple[str, str]]:
         if c >= 0:
             objs.append((COLORS[c], SHAPES[s]))
     return objs
+
+
+def _add_layer_rule(parser: argparse.ArgumentParser) -> None:
+    from .grad_eclip import LAYER_RULES
+    parser.add_argument("--layer-rule", choices=LAYER_RULES, default=None,
+                        help="how several explained layers are combined: sum_then_relu (sum the layers, then ReLU) or "
+                             "relu_then_sum (ReLU each layer, then sum); default: the paper's rule, relu_then_sum "
+                             "for images and sum_then_relu for words (whose layers can cancel to an all-zero map)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -368,6 +408,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--layers", type=int, default=None,
                     help="number of last blocks to explain (default: 1 for images, 8 for text)")
     ex.add_argument("--single-head", action="store_true", help="reproduce the authors' released code")
+    _add_layer_rule(ex)
     ex.add_argument("--size", choices=("native", "model"), default="native",
                     help="native: keep the aspect ratio (default); model: centre crop to the model's size")
     ex.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
@@ -378,6 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out", default="gradeclip_demo", help="output folder (default: gradeclip_demo)")
     demo.add_argument("--seed", type=int, default=3, help="scene seed")
     demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    _add_layer_rule(demo)
     demo.set_defaults(func=cmd_demo)
     return parser
 

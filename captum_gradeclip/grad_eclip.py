@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterator, List, Optional, Sequence, Set, Tuple, Union
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +19,7 @@ from .adapters.attention import AttentionAdapter, attention_adapter, attention_o
     is_attention_module, single_head_output
 from .adapters.base import RowTail, TokenLayout, Tower
 from .errors import LayerNotExecutedError, UnsupportedModelError
+from .hooking import calling_thread_only, check_runs, model_lock
 from .targets import check_target, index_tensor, single_input, target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
@@ -26,6 +27,12 @@ LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
 # automatic chunk_size: targets per batched backward, and token rows (targets x rows each) per batched backward
 _AUTO_MAX_TARGETS = 32
 _AUTO_MAX_ROWS = 4096
+
+#: How the maps of several explained layers are combined (``GradECLIP(..., layer_rule=...)``):
+#: ``"sum_then_relu"``: ReLU(sum over layers of m_l); ``"relu_then_sum"``: sum over layers of ReLU(m_l).
+LAYER_RULES = ("sum_then_relu", "relu_then_sum")
+#: The paper's rule on each side, used when ``layer_rule`` is None.
+PAPER_LAYER_RULES = {"image": "relu_then_sum", "text": "sum_then_relu"}
 
 
 @dataclass
@@ -71,11 +78,54 @@ def _first_tensor(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tensor:
     raise LayerNotExecutedError("the explained block received no tensor input")
 
 
+def _out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` says that a device (or the host) ran out of memory."""
+    text = str(error).lower()
+    return isinstance(error, torch.OutOfMemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def _transform_limit(error: BaseException) -> bool:
+    """Whether ``error`` is a limitation of the batched backward or of ``torch.func``'s transforms (an op without a
+    batching rule, an ``autograd.Function`` without ``setup_context``), which an unbatched backward can run."""
+    text = str(error).lower()
+    return isinstance(error, RuntimeError) and any(
+        word in text for word in ("vmap", "batching rule", "batched", "functorch", "setup_context", "torch.func"))
+
+
 def _autocast_on(device: torch.device) -> bool:
     try:
         return torch.is_autocast_enabled(device.type)
     except TypeError:  # torch < 2.4
         return torch.is_autocast_enabled()
+
+
+def combine_layer_maps(per_layer: Sequence[Tensor], layer_rule: str) -> Tensor:
+    r"""Combine the signed maps :math:`m_l` of the explained layers into one non-negative map.
+
+    Args:
+        per_layer (sequence of Tensor): one signed map per explained layer, all of the same shape.
+        layer_rule (str): ``"sum_then_relu"``: :math:`\max(0, \sum_l m_l)` (the paper's text rule: layers whose
+            contributions have opposite signs cancel, and the map can be zero everywhere);
+            ``"relu_then_sum"``: :math:`\sum_l \max(0, m_l)` (the paper's image rule: every layer's positive
+            part counts). The two agree when one layer is explained.
+
+    Returns:
+        Tensor: the combined map, of the shape of one layer's map, non-negative.
+
+    Examples::
+
+        >>> combine_layer_maps([torch.tensor([1., -2.]), torch.tensor([-1., 3.])], "sum_then_relu")
+        tensor([0., 1.])
+        >>> combine_layer_maps([torch.tensor([1., -2.]), torch.tensor([-1., 3.])], "relu_then_sum")
+        tensor([1., 3.])
+    """
+    if not per_layer:
+        raise ValueError("combine_layer_maps needs the map of at least one layer")
+    if layer_rule == "relu_then_sum":
+        return sum(F.relu(m) for m in per_layer)
+    if layer_rule == "sum_then_relu":
+        return F.relu(sum(per_layer))
+    raise ValueError(f"layer_rule must be one of {LAYER_RULES}, got {layer_rule!r}")
 
 
 def _masked_minmax(s: Tensor, mask: Tensor) -> Tensor:
@@ -105,11 +155,29 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         \lambda_i = \operatorname{minmax}_i \cos(q_p, k_i),\qquad
         m_i = \lambda_i \sum_c g_c\, v_{i,c}
 
-    with q, k, v of full width (heads concatenated). Image side: ReLU per layer, then the sum over layers;
-    text side: the sum over layers, then ReLU (as the authors do). By default the unmodified model is
+    with q, k, v of full width (heads concatenated). Several layers are combined by ``layer_rule``: by default
+    as the authors do, ReLU per layer, then the sum over layers on the image side
+    (:math:`\sum_l \max(0, m^{(l)})`), and the sum over layers, then ReLU on the text side
+    (:math:`\max(0, \sum_l m^{(l)})`). By default the unmodified model is
     explained; ``single_head=True`` reproduces the authors' released code, which re-runs each explained
     block's attention as one head over the full width (and, on the text side, normalises :math:`\lambda` over
     every context position, padding included).
+
+    Image towers without a pooling attention (ConvNeXt, FastViT, Swin) average their last feature map :math:`A`:
+    read as an attention with a zero query (uniform weights, :math:`v_i = A_i`), the same formula gives
+    :math:`g = \partial S / \partial \bar A`, :math:`\lambda_i = 1` and :math:`m_i = \mathrm{ReLU}(\sum_c g_c
+    A_{i,c})`: Grad-CAM of :math:`S` on the last feature map, times its number of positions (``docs/method.md``).
+
+    Threads: one explainer, or several explainers of this package on one model, may be called from several
+    threads at once and give exactly the sequential maps. Each call holds the model's re-entrant lock
+    (:func:`~captum_gradeclip.hooking.model_lock`) from validation to the maps, and its hooks record only the
+    calling thread's forward, so calls on one model run one at a time (use one model copy per worker for
+    parallel work). A lock rather than per-thread records alone: on CUDA the autograd engine runs backward work
+    on its own device threads.
+
+    Errors in the backward pass reach the caller as themselves; a batched backward that runs out of memory is
+    retried with half the targets (with a warning), and a single target that does not fit raises the
+    out-of-memory error itself.
 
     Args:
         forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
@@ -126,6 +194,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             fewer where the backward runs over whole sequences (several explained layers, or towers without a
             fast path), so that one batched backward covers at most 4,096 token rows, about a forward pass of
             20 ViT-B/16 images at 224 px
+        layer_rule (str, optional): how the maps of several explained layers are combined:
+            ``"sum_then_relu"`` (sum the layers' signed maps, then ReLU: layers can cancel, and a word or patch
+            whose layers disagree gets zero, possibly every one of them) or ``"relu_then_sum"`` (ReLU each
+            layer's map, then sum: every layer's positive evidence counts). Both agree for one explained layer.
+            Default: None, the paper's rule for the side: ``"relu_then_sum"`` for images,
+            ``"sum_then_relu"`` for text (the resolved rule is stored in :attr:`layer_rule`)
 
     Examples::
 
@@ -134,10 +208,12 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         >>> heat = ge.attribute(images, target=0)            # (N, 1, h, w)
         >>> heat_px = LayerAttribution.interpolate(heat, images.shape[-2:], "bilinear")
         >>> every = ge.attribute_all(images)                 # (N, T, h, w): every text, one forward pass
+        >>> words = GradECLIP(tscorer, layer_rule="relu_then_sum").attribute(tokens, target=0)  # no cancelling
     """
 
     def __init__(self, forward_func: Callable, layer: LayerSpec = None, device_ids: Optional[List[int]] = None,
-                 *, single_head: bool = False, chunk_size: Optional[int] = None) -> None:
+                 *, single_head: bool = False, chunk_size: Optional[int] = None,
+                 layer_rule: Optional[str] = None) -> None:
         tower = getattr(forward_func, "tower", None)
         if not isinstance(tower, Tower) or not callable(getattr(forward_func, "score", None)):
             raise TypeError(
@@ -155,12 +231,23 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         if chunk_size is not None and (not isinstance(chunk_size, int) or isinstance(chunk_size, bool)
                                        or chunk_size < 1):
             raise ValueError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}")
+        if layer_rule is not None and layer_rule not in LAYER_RULES:
+            raise ValueError(f"layer_rule must be None (the paper's rule for the side: {PAPER_LAYER_RULES}) or one of "
+                             f"{LAYER_RULES}, got {layer_rule!r}")
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.tower: Tower = tower
         self.attention_modules: List[nn.Module] = tower.resolve(blocks)
         self.single_head = bool(single_head)
         self.chunk_size = chunk_size
+        self.layer_rule: str = layer_rule if layer_rule is not None else PAPER_LAYER_RULES[tower.side]
+        self._warned: Set[str] = set()  # messages of _warn_once (calls run under the model's lock)
+
+    def _warn_once(self, message: str) -> None:
+        """A RuntimeWarning the first time this explainer meets ``message``."""
+        if message not in self._warned:
+            self._warned.add(message)
+            warnings.warn(message, RuntimeWarning, stacklevel=4)
 
     # ------------------------------------------------------------------------------------------------------
     @log_usage()
@@ -192,7 +279,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         def select(scores: Tensor) -> Tensor:
             return target_columns(scores, target)[:, None]
 
-        maps = self._attribute(x, additional_forward_args, select)[:, 0]
+        with model_lock(self.tower.model):  # one call at a time per model (see captum_gradeclip.hooking)
+            maps = self._attribute(x, additional_forward_args, select)[:, 0]
         if self.tower.side == "image":
             maps = maps[:, None]
         return (maps,) if is_tuple else maps
@@ -234,7 +322,8 @@ class GradECLIP(LayerAttribution, GradientAttribution):
             index = index_tensor([c % scores.shape[1] for c in cols], scores.device)
             return index[None, :].expand(scores.shape[0], -1)
 
-        return self._attribute(x, additional_forward_args, select)
+        with model_lock(self.tower.model):
+            return self._attribute(x, additional_forward_args, select)
 
     # ------------------------------------------------------------------------------------------------------
     def _attribute(self, inputs: Tensor, additional_forward_args: Any,
@@ -242,6 +331,10 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         extra = _format_additional_forward_args(additional_forward_args) or ()
         tower = self.tower
         tower.validate(inputs, *extra)
+        if may_crop:  # once per call (the cropped call below comes back here)
+            tower.check_values(inputs)
+        if inputs.shape[0] == 0:
+            return self._empty(inputs, extra, select)
         if tower.root.training:
             warnings.warn(f"the {tower.side} tower is in training mode: dropout or patch dropout can make the maps "
                           "random; call model.eval() first (GradECLIP never changes the mode itself)",
@@ -271,6 +364,16 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 embedding = records.pop("__embedding__")
                 grads = self._gradients(scores, embedding, columns, records, None, layout)
             return self._maps(records, grads, layout)
+
+    def _empty(self, inputs: Tensor, extra: Tuple[Any, ...], select: Callable[[Tensor], Tensor]) -> Tensor:
+        """The result of an empty batch (N = 0): ``(0, K, h, w)`` or ``(0, K, L)``, the targets validated as usual."""
+        columns = select(torch.zeros(0, self.forward_func.num_targets, device=inputs.device))  # (0, K)
+        layout = self.tower.layout(inputs, *extra, single_head=self.single_head)
+        if layout.grid is not None:
+            size = tuple(layout.grid)
+        else:
+            size = (layout.report_mask.shape[1] if layout.positions is None else layout.positions.numel(),)
+        return torch.zeros((0, columns.shape[1]) + size, device=inputs.device)
 
     def _fast_path(self, layout: TokenLayout) -> Optional[_Fast]:
         """The pooled tail (one explained layer in the last block) or the row tail (causal towers), if any."""
@@ -329,13 +432,15 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 records["cut"] = _Record(attention_adapter(fast.last))
             last = records[str(fast.first) if fast.first >= 0 else "cut"]
         handles = []
+        # hooks fire for every thread's forward through a module: each records only this call's thread (and the
+        # model's lock, held by the caller, keeps other calls of this package out)
 
         def pre_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
                 rec.args, rec.kwargs = args, kwargs
                 if cut and rec is last:
                     torch.set_grad_enabled(False)  # nothing after this input needs a graph (restored by no_grad())
-            return hook
+            return calling_thread_only(hook)
 
         def out_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> Any:
@@ -365,7 +470,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 scatter = onehot.to(y.dtype) * weight[..., None].to(y.dtype)
                 rec.probe = probe
                 return adapter.replace_output(output, y + torch.einsum("nql,nqd->nld", scatter, probe))
-            return hook
+            return calling_thread_only(hook)
 
         def block_hook(rec: _Record) -> Callable:
             def hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
@@ -373,7 +478,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, _ = self._queries(layout, x.shape[0], x.shape[1], x.device)
                 row = x[torch.arange(x.shape[0], device=x.device)[:, None], pos]
                 rec.block_in = row if cut else row.detach()  # cut: keeps the graph back to earlier layers
-            return hook
+            return calling_thread_only(hook)
 
         try:
             for i, module in enumerate(self.attention_modules):
@@ -395,13 +500,7 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         finally:
             for h in handles:
                 h.remove()
-        for i, module in enumerate(self.attention_modules):
-            runs = records[str(i)].runs
-            if runs != 1:
-                what = "did not run" if runs == 0 else f"ran {runs} times"
-                raise LayerNotExecutedError(
-                    f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
-                    "pass blocks of the tower that the scorer encodes")
+        check_runs(self.attention_modules, [records[str(i)].runs for i in range(len(self.attention_modules))])
         records["__scores__"] = scores
         records["__embedding__"] = embedding
         return records
@@ -412,15 +511,45 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         size = self.chunk_size or max(1, min(_AUTO_MAX_TARGETS, _AUTO_MAX_ROWS // max(rows, 1)))
         return [slice(j, min(j + size, k)) for j in range(0, k, size)]
 
+    def _chunked(self, k: int, rows: int, run: Callable[[slice, bool], Any]) -> Iterator[Any]:
+        """``run(part, last)`` for the slices of :meth:`_chunks`, in order. A chunk that runs out of memory is
+        retried in halves (with a warning; the graph is still whole, see :meth:`_vjp`); a single target that does
+        not fit raises the out-of-memory error itself."""
+        parts = self._chunks(k, rows)
+        while parts:
+            part = parts.pop(0)
+            try:
+                result = run(part, part.stop == k)
+            except RuntimeError as error:
+                size = part.stop - part.start
+                if not _out_of_memory(error) or size == 1:
+                    raise
+                half = part.start + (size + 1) // 2
+                warnings.warn(f"out of memory in a batched backward of {size} targets; retrying {half - part.start}"
+                              f" at a time (pass chunk_size={half - part.start} or less to start there)",
+                              RuntimeWarning, stacklevel=2)
+                parts[:0] = [slice(part.start, half), slice(half, part.stop)]
+                continue
+            yield result
+
     def _vjp(self, outputs: Tensor, wrt: List[Tensor], vectors: Tensor, retain: bool) -> List[Tensor]:
-        """B vector-Jacobian products at once: ``vectors`` ``(B, *outputs.shape)``; a list of ``(B, *t.shape)``."""
+        """B vector-Jacobian products at once: ``vectors`` ``(B, *outputs.shape)``; a list of ``(B, *t.shape)``.
+
+        The batched backward keeps the graph whatever ``retain`` says, so that a failure can be retried on it:
+        an op that the batched backward cannot run (no batching rule) is retried one vector at a time, and an
+        out-of-memory error is retried by :meth:`_chunked` in smaller chunks (the graph is freed when the caller
+        drops it). Any other error is the model's own and reaches the caller as itself. ``retain``: whether the
+        caller needs the graph after this call (only the one-vector-at-a-time retry may free it)."""
         b = vectors.shape[0]
         try:
-            grads = torch.autograd.grad(outputs, wrt, grad_outputs=vectors, retain_graph=retain,
+            grads = torch.autograd.grad(outputs, wrt, grad_outputs=vectors, retain_graph=True,
                                         is_grads_batched=True, allow_unused=True)
-        except RuntimeError:  # an op without a batching rule: one backward per vector
-            per = [torch.autograd.grad(outputs, wrt, grad_outputs=v, retain_graph=True, allow_unused=True)
-                   for v in vectors]
+        except RuntimeError as error:
+            if _out_of_memory(error) or not _transform_limit(error):
+                raise
+            per = [torch.autograd.grad(outputs, wrt, grad_outputs=v, retain_graph=retain or j < b - 1,
+                                       allow_unused=True)
+                   for j, v in enumerate(vectors)]
             grads = tuple(torch.stack([p[i] if p[i] is not None else torch.zeros_like(wrt[i]) for p in per])
                           for i in range(len(wrt)))
         return [g if g is not None else torch.zeros((b,) + tuple(t.shape), dtype=t.dtype, device=t.device)
@@ -446,14 +575,14 @@ class GradECLIP(LayerAttribution, GradientAttribution):
 
         eye = unit_vectors(k, torch.float32)
         if k <= e:
-            chunks = [targets_to_leaves(eye[part], part.stop == k) for part in self._chunks(k, rows)]
+            chunks = list(self._chunked(k, rows, lambda part, last: targets_to_leaves(eye[part], last)))
             return [torch.cat([c[i] for c in chunks], dim=0) for i in range(len(leaves))]
-        at_embedding = torch.cat([targets_to_embedding(eye[part], part.stop == k)
-                                  for part in self._chunks(k, n)]).float()  # (K, N, E)
+        at_embedding = torch.cat(list(self._chunked(k, n, lambda part, last: targets_to_embedding(eye[part], last))
+                                      )).float()  # (K, N, E)
         basis = unit_vectors(e, leaves[0].dtype)
         sums = [torch.zeros((k,) + tuple(t.shape), dtype=torch.float32, device=t.device) for t in leaves]
-        for part in self._chunks(e, rows):
-            for acc, g in zip(sums, embedding_to_leaves(basis[part], part.stop == e)):  # J^T u_k, in float32
+        for part, grads in self._chunked(e, rows, lambda part, last: (part, embedding_to_leaves(basis[part], last))):
+            for acc, g in zip(sums, grads):  # J^T u_k, in float32
                 acc += torch.einsum("kne,en...->kn...", at_embedding[:, :, part], g.float())
         return [acc.to(t.dtype) for acc, t in zip(sums, leaves)]
 
@@ -589,16 +718,24 @@ class GradECLIP(LayerAttribution, GradientAttribution):
         low_precision = _autocast_on(device)
         k = columns.shape[1]
         n = scores.shape[0]
-        with torch.enable_grad(), torch.autocast(device.type, enabled=False):
-            embedding, pull = vjp(path, *leaves)
-            if not self._reproduces(self.forward_func.score(embedding), scores, low_precision):
-                return None
-            _, pull_scores = vjp(lambda f: self.forward_func.score(f).gather(1, columns), embedding)
-            return self._pull_back(
-                k, embedding.shape[1], n, n, leaves,
-                lambda vectors, last: vmap(pull)(vmap(pull_scores)(vectors)[0].to(embedding.dtype)),
-                lambda vectors, last: vmap(pull_scores)(vectors)[0],
-                lambda vectors, last: vmap(pull)(vectors))
+        try:
+            with torch.enable_grad(), torch.autocast(device.type, enabled=False):
+                embedding, pull = vjp(path, *leaves)
+                if not self._reproduces(self.forward_func.score(embedding), scores, low_precision):
+                    return None
+                _, pull_scores = vjp(lambda f: self.forward_func.score(f).gather(1, columns), embedding)
+                return self._pull_back(
+                    k, embedding.shape[1], n, n, leaves,
+                    lambda vectors, last: vmap(pull)(vmap(pull_scores)(vectors)[0].to(embedding.dtype)),
+                    lambda vectors, last: vmap(pull_scores)(vectors)[0],
+                    lambda vectors, last: vmap(pull)(vectors))
+        except RuntimeError as error:  # e.g. an autograd.Function without setup_context after the explained layer
+            if _out_of_memory(error) or not _transform_limit(error):
+                raise
+            self._warn_once(f"the fast path of GradECLIP cannot run through this model with torch.func ({error}); "
+                       "using the full backward instead (the same maps, slower). An autograd.Function after the "
+                       "explained layer needs setup_context (and generate_vmap_rule=True) for the fast path")
+            return None
 
     def _maps(self, records: Dict[str, Any], grads: List[Tensor], layout: TokenLayout) -> Tensor:
         per_layer = []
@@ -611,17 +748,19 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                 pos, weight = self._queries(layout, n, q.shape[2], q.device)
                 rows = torch.arange(n, device=q.device)[:, None]
                 g = self._channel_weights(adapter, grads[i], q, k, v, pos, layout)  # (K, N, Q, C) float32
-                # float32 for the reductions; q only at the query rows
-                qf, kf, vf = full_width(q)[rows, pos].float(), full_width(k).float(), full_width(v).float()
-                eps = 1e-8
-                sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
-                                   kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i), (N, Q, L)
-                lam = _masked_minmax(sim, layout.lam_mask[:, None, :].expand_as(sim)) * weight[..., None]
+                vf = full_width(v).float()  # float32 for the reductions
+                lam_mask = layout.lam_mask[:, None, :].expand(n, pos.shape[1], vf.shape[1])
+                if adapter.spatial_weight:  # q only at the query rows
+                    qf, kf = full_width(q)[rows, pos].float(), full_width(k).float()
+                    eps = 1e-8
+                    sim = torch.einsum("nqc,nlc->nql", qf / qf.norm(dim=-1, keepdim=True).clamp_min(eps),
+                                       kf / kf.norm(dim=-1, keepdim=True).clamp_min(eps))  # cos(q_p, k_i)
+                    lam = _masked_minmax(sim, lam_mask)
+                else:  # a uniform pooling: no query-key similarity, lambda = 1 on the explained positions
+                    lam = lam_mask.float()
+                lam = lam * weight[..., None]  # (N, Q, L)
                 per_layer.append(torch.einsum("knqc,nlc,nql->knl", g, vf, lam))
-        if self.tower.side == "image":
-            total = sum(F.relu(m) for m in per_layer)
-        else:
-            total = F.relu(sum(per_layer))
+        total = combine_layer_maps(per_layer, self.layer_rule)
         total = total.transpose(0, 1) * layout.report_mask[:, None, :]  # (N, K, L)
         if layout.grid is None:
             return total if layout.positions is None else total[:, :, layout.positions]
@@ -643,9 +782,9 @@ class GradECLIP(LayerAttribution, GradientAttribution):
                          pos: Tensor, layout: TokenLayout) -> Tensor:
         """g = dS/do at the queries: the gradient at the module output pulled back through its projection."""
         n = q.shape[0]
-        param = next(adapter.module.parameters())
+        param = next(adapter.module.parameters(), v)  # a module without weights (a global pool): the values' dtype
         if adapter.linear_projection:
-            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=param.device)
+            o = torch.zeros(n, pos.shape[1], full_width(v).shape[-1], dtype=param.dtype, device=v.device)
         else:
             o = self._output_at(adapter, q, k, v, pos, layout).to(param.dtype)
         with torch.enable_grad():

@@ -25,7 +25,8 @@ def _tower(obj: Any) -> Tower:
 
 def default_layers(scorer: Any) -> List[nn.Module]:
     """The layers explained by default: the last block (image side; the pooling attention of towers pooled by
-    attention: CoCa, SigLIP, ResNet CLIPs) or the last 8 blocks (text side).
+    attention: CoCa, SigLIP, ResNet CLIPs; the global average pool of the last feature map of towers without a
+    pooling attention: ConvNeXt, FastViT, Swin, explained with lambda = 1) or the last 8 blocks (text side).
 
     Args:
         scorer (ImageTextSimilarity or TextImageSimilarity): the scorer.
@@ -56,7 +57,10 @@ def describe_layers(obj: Union[Any, nn.Module]) -> List[str]:
             ``GradECLIP`` (the layers it was built with).
 
     Returns:
-        list of str: one name per layer, e.g. ``['visual.transformer.resblocks.11']``.
+        list of str: one name per layer, e.g. ``['visual.transformer.resblocks.11']``. For image towers without a
+        pooling attention (ConvNeXt, FastViT, Swin) the name is that of the global average pool of the last
+        feature map, ``['visual.trunk.head.global_pool']``: its input is explained with Grad-ECLIP's channel
+        weights and lambda = 1 (Grad-CAM on the similarity; see ``docs/method.md``).
 
     Examples::
 

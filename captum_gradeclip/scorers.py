@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .adapters import image_tower, text_tower
+from .adapters import encode_fixed, image_tower, text_tower
 from .adapters.base import Tower
 from .adapters.hf import split_text_inputs
+from .hooking import model_lock
 
 
 class _Similarity(nn.Module):
@@ -29,12 +30,15 @@ class _Similarity(nn.Module):
         super().__init__()
         self.model = model
         self.tower = tower
-        self.register_buffer("fixed_features", F.normalize(fixed.detach().float(), dim=-1), persistent=False)
+        with torch.inference_mode(False):  # built under inference_mode: a normal tensor, usable by autograd later
+            fixed = F.normalize(fixed.detach().float().clone(), dim=-1)
+        self.register_buffer("fixed_features", fixed, persistent=False)
 
     def embed(self, inputs: Tensor, *additional_forward_args: Any) -> Tensor:
         """Embeddings ``(N, E)`` of the explained side (not normalised)."""
         self.tower.validate(inputs, *additional_forward_args)
-        return self.tower.encode(inputs, *additional_forward_args)
+        with model_lock(self.tower.model):  # never inside another call's hooked forward (captum_gradeclip.hooking)
+            return self.tower.encode(inputs, *additional_forward_args)
 
     def score(self, embeddings: Tensor) -> Tensor:
         """Cosine similarities ``(N, K)`` of embeddings with the fixed side, computed in float32."""
@@ -45,6 +49,10 @@ class _Similarity(nn.Module):
         return F.normalize(embeddings.float(), dim=-1) @ fixed.t().to(embeddings.device)
 
     def forward(self, inputs: Tensor, *additional_forward_args: Any) -> Tensor:
+        self.tower.check_values(inputs)
+        if isinstance(inputs, Tensor) and inputs.dim() > 0 and inputs.shape[0] == 0:  # an empty batch: (0, T)
+            self.tower.validate(inputs, *additional_forward_args)
+            return self.fixed_features.new_zeros(0, self.num_targets)
         return self.score(self.embed(inputs, *additional_forward_args))
 
     @property
@@ -55,6 +63,13 @@ class _Similarity(nn.Module):
 
 def _is_embedding_matrix(x: Any) -> bool:
     return isinstance(x, Tensor) and x.is_floating_point() and x.dim() == 2
+
+
+def _check_fixed_side(items: Any, what: str) -> None:
+    """The fixed side needs at least one text or image: a ValueError that says so for an empty batch."""
+    if isinstance(items, Tensor) and items.dim() > 0 and items.shape[0] == 0:
+        raise ValueError(f"the fixed side is empty: the scorer needs at least one {what} (got a tensor of shape "
+                         f"{tuple(items.shape)}); every output column is one of them")
 
 
 class ImageTextSimilarity(_Similarity):
@@ -68,7 +83,8 @@ class ImageTextSimilarity(_Similarity):
         model (nn.Module): a supported open_clip or HuggingFace CLIP-family model (see ``docs/models.md``;
             ``captum_gradeclip.adapters.SUPPORTED_MODELS``).
         texts: the fixed texts: token ids ``(T, L)`` (open_clip), a dict/BatchEncoding with ``input_ids`` and
-            ``attention_mask`` (HuggingFace), or precomputed text embeddings ``(T, E)`` (float).
+            ``attention_mask`` (HuggingFace), or precomputed text embeddings ``(T, E)`` (float). Token ids are
+            encoded by the model, whatever its text tower (it need not be one that Grad-ECLIP explains).
 
     Examples::
 
@@ -83,13 +99,11 @@ class ImageTextSimilarity(_Similarity):
         tower = image_tower(model)
         if _is_embedding_matrix(texts):
             fixed = texts
-        else:
-            other = text_tower(model)
+        else:  # encoded by the model whatever its text tower (explained or not)
             ids, mask = split_text_inputs(texts)
-            extra = () if mask is None else (mask,)
-            other.validate(ids, *extra)
-            with torch.no_grad():
-                fixed = other.encode(ids, *extra)
+            _check_fixed_side(ids, "text")
+            fixed = encode_fixed(model, "text", ids, mask)
+        _check_fixed_side(fixed, "text")
         super().__init__(model, tower, fixed)
 
 
@@ -102,6 +116,7 @@ class TextImageSimilarity(_Similarity):
     Args:
         model (nn.Module): a supported open_clip or HuggingFace CLIP-family model (see ``docs/models.md``).
         images: the fixed images ``(I, 3, H, W)`` (preprocessed), or precomputed image embeddings ``(I, E)``.
+            Images are encoded by the model, whatever its image tower (it need not be one that Grad-ECLIP explains).
 
     Examples::
 
@@ -112,13 +127,11 @@ class TextImageSimilarity(_Similarity):
 
     def __init__(self, model: nn.Module, images: Any) -> None:
         tower = text_tower(model)
+        _check_fixed_side(images, "image")
         if _is_embedding_matrix(images):
             fixed = images
-        else:
-            other = image_tower(model)
-            other.validate(images)
-            with torch.no_grad():
-                fixed = other.encode(images)
+        else:  # encoded by the model whatever its image tower (explained or not)
+            fixed = encode_fixed(model, "image", images)
         super().__init__(model, tower, fixed)
 
 

@@ -22,8 +22,8 @@ def single_input(inputs: Union[Tensor, Tuple[Tensor, ...]], method: str) -> Tupl
 def check_target(scores: Tensor, target: TargetType) -> None:
     """Raise a clear error unless ``target`` selects one column of ``scores`` ``(N, T)`` per example.
 
-    Accepted (Captum's semantics): None when ``T == 1``; an int in ``[-T, T)``; a 1-tuple of such an int; a list
-    of N ints; a tensor of 1 or N ints.
+    Accepted (every form Captum accepts for a 2-D output): None when ``T == 1``; an int in ``[-T, T)``; a 1-tuple of
+    such an int; a list of N ints or of N 1-tuples of ints (``[(0,), (2,)]``); a tensor of 1 or N ints.
     """
     n, t = scores.shape[0], scores.shape[1] if scores.dim() > 1 else 1
     if target is None:
@@ -42,7 +42,7 @@ def check_target(scores: Tensor, target: TargetType) -> None:
     elif isinstance(target, list):
         if len(target) != n:
             raise ValueError(f"target list must have N={n} elements (one per example), got {len(target)}")
-        values = target
+        values = [_unwrap(v) for v in target]
     elif isinstance(target, int):
         values = [target]
     else:
@@ -52,12 +52,23 @@ def check_target(scores: Tensor, target: TargetType) -> None:
             raise ValueError(f"target {v!r} is out of range: the scorer has {t} columns (0..{t - 1})")
 
 
+def _unwrap(value: object) -> object:
+    """The int of a 1-tuple target element (Captum's list-of-tuples form), anything else unchanged."""
+    if isinstance(value, tuple):
+        if len(value) != 1:
+            raise ValueError(f"a tuple in a target list indexes the (N, T) output with one int, got {value!r}")
+        return value[0]
+    return value
+
+
 def index_tensor(values: Sequence[int], device: torch.device) -> Tensor:
     """A long tensor of host ints on ``device`` without blocking the host: a range or a constant is built on the
     device itself, anything else is copied from pinned memory asynchronously (a plain host-to-GPU copy would
     wait for the GPU's queue to drain)."""
     values = [int(v) for v in values]
     n = len(values)
+    if n == 0:  # an empty batch
+        return torch.zeros(0, dtype=torch.long, device=device)
     if values == list(range(values[0], values[0] + n)):
         return torch.arange(values[0], values[0] + n, dtype=torch.long, device=device)
     if all(v == values[0] for v in values):
@@ -77,7 +88,7 @@ def target_columns(scores: Tensor, target: TargetType) -> Tensor:
     if isinstance(target, Tensor):
         cols = target.to(device=scores.device, dtype=torch.long).reshape(-1).expand(n)
         return cols % t
-    values = list(target) if isinstance(target, (tuple, list)) else [target]
+    values = [_unwrap(v) for v in target] if isinstance(target, (tuple, list)) else [target]
     if len(values) == 1:
         values = values * n
     return index_tensor([v % t for v in values], scores.device)

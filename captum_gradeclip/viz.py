@@ -33,6 +33,13 @@ as greyscale and repeated to three channels. Images with four channels (RGBA)
 are rejected with a :class:`ValueError`: drop or composite the alpha channel
 yourself (for PIL: ``img.convert("RGB")``).
 
+Empty word maps
+---------------
+A word map can be zero everywhere: with Grad-ECLIP's text rule (the sum over
+layers, then ReLU) the explained layers' contributions can cancel. The text
+helpers then say so (:func:`empty_words_message`) instead of shading nothing
+silently, and suggest ``layer_rule="relu_then_sum"``.
+
 Official display normalisations
 -------------------------------
 Grad-ECLIP's authors min-max normalise image maps per example and divide word
@@ -44,6 +51,7 @@ from __future__ import annotations
 
 import html
 import math
+import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Union
@@ -63,6 +71,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 __all__ = [
     "normalize_map",
     "normalize_words",
+    "empty_words_message",
     "upsample_map",
     "overlay",
     "plot_image_maps",
@@ -295,6 +304,36 @@ def _token_alphas(scores: torch.Tensor, normalize: bool) -> np.ndarray:
     else:
         a = s.clamp(0.0, 1.0)
     return a.numpy()
+
+
+def empty_words_message(layer_rule: str | None = None,
+                        switch: str = 'GradECLIP(..., layer_rule="relu_then_sum")') -> str:
+    """The sentence shown instead of a ranking when no word has a positive score.
+
+    Args:
+        layer_rule: How the explainer combined its layers (``GradECLIP.layer_rule``): ``"sum_then_relu"``
+            (the paper's text rule), ``"relu_then_sum"``, or ``None`` when unknown.
+        switch: How the reader selects the other rule (the CLI passes its flag).
+
+    Returns:
+        One sentence, without a final full stop.
+
+    Examples:
+        >>> empty_words_message("relu_then_sum")
+        'no word has a positive contribution in any explained layer'
+    """
+    if layer_rule == "relu_then_sum":
+        return "no word has a positive contribution in any explained layer"
+    if layer_rule == "sum_then_relu":
+        return ("no word has a positive contribution under the paper's rule (sum over layers, then ReLU): the "
+                f"explained layers' contributions cancel; {switch} counts each layer's positive part")
+    return ("no word has a positive contribution; under the paper's text rule (sum over layers, then ReLU) the "
+            f"explained layers' contributions can cancel: {switch} counts each layer's positive part")
+
+
+def _is_empty(scores: torch.Tensor) -> bool:
+    """True when no token has a positive score (nothing to rank)."""
+    return not bool((scores > 0).any())
 
 
 def _root_figure(ax: Axes) -> Figure:
@@ -637,6 +676,7 @@ def token_html(
     title: str | None = None,
     normalize: bool = True,
     color: tuple[int, int, int] = (255, 140, 0),
+    empty_message: str | None = None,
 ) -> str:
     """Render words shaded by importance as a self-contained HTML snippet.
 
@@ -644,6 +684,8 @@ def token_html(
     opacity proportional to its score, and whose ``title`` attribute (hover
     tooltip) shows the raw score and its share of the total. Tokens, titles and
     attributes are HTML-escaped. Negative scores are shown with zero opacity.
+    When no score is positive, a note (``empty_message``) says that no word has
+    a positive contribution, instead of an unshaded line that reads as a ranking.
 
     Args:
         tokens: One display string per score (e.g. the caption's words; strip
@@ -655,6 +697,8 @@ def token_html(
             fully opaque. If ``False``, scores are used as opacities directly
             (clipped to ``[0, 1]``).
         color: Highlight colour as ``(R, G, B)`` integers in ``[0, 255]``.
+        empty_message: The note shown when no score is positive. Default:
+            :func:`empty_words_message` for an unknown rule.
 
     Returns:
         An HTML fragment (a ``<div>``) with inline styles only.
@@ -679,6 +723,12 @@ def token_html(
             '<div class="gradeclip-title" style="font-weight: bold; margin-bottom: 2px;">'
             f"{html.escape(str(title))}</div>"
         )
+    if _is_empty(s):
+        note = empty_message if empty_message is not None else empty_words_message()
+        parts.append(
+            '<div class="gradeclip-empty" style="font-style: italic; color: #555; margin-bottom: 2px;">'
+            f"{html.escape(note[:1].upper() + note[1:])}.</div>"
+        )
     for tok, raw, share, a in zip(toks, s.tolist(), shares.tolist(), alphas.tolist()):
         tip = f"score: {raw:.4g} ({share * 100:.1f}% of total)"
         style = (
@@ -699,6 +749,7 @@ def tokens_html_page(
     page_title: str = "Grad-ECLIP word importance",
     normalize: bool = True,
     color: tuple[int, int, int] = (255, 140, 0),
+    empty_message: str | None = None,
 ) -> str:
     """Build a complete HTML page with one :func:`token_html` block per row.
 
@@ -707,6 +758,8 @@ def tokens_html_page(
         page_title: The page's ``<title>`` and top heading.
         normalize: Passed to :func:`token_html`.
         color: Passed to :func:`token_html`.
+        empty_message: Passed to :func:`token_html` (the note of a row
+            whose scores are all zero).
 
     Returns:
         A UTF-8 HTML document as a string (write it with
@@ -728,7 +781,8 @@ def tokens_html_page(
         title, toks, sc = row
         try:
             blocks.append(
-                token_html(toks, sc, title=title, normalize=normalize, color=color)
+                token_html(toks, sc, title=title, normalize=normalize, color=color,
+                           empty_message=empty_message)
             )
         except ValueError as exc:
             raise ValueError(f"rows[{i}]: {exc}") from exc
@@ -752,12 +806,14 @@ def plot_tokens(
     color: tuple[int, int, int] = (255, 140, 0),
     fontsize: float = 14,
     max_chars_per_line: int = 60,
+    empty_message: str | None = None,
 ) -> Figure:
     """Draw words as boxes shaded by their score, with matplotlib.
 
     Words are laid out left to right and wrapped after roughly
     ``max_chars_per_line`` characters; each word's box is ``color`` with an
-    opacity proportional to its score (same rule as :func:`token_html`).
+    opacity proportional to its score (same rule as :func:`token_html`). When
+    no score is positive, the axes title says so (``empty_message``).
 
     Args:
         tokens: One display string per score.
@@ -769,6 +825,8 @@ def plot_tokens(
         color: Box colour as ``(R, G, B)`` integers in ``[0, 255]``.
         fontsize: Font size in points.
         max_chars_per_line: Soft wrap width in characters.
+        empty_message: The note shown when no score is positive. Default:
+            :func:`empty_words_message` for an unknown rule.
 
     Returns:
         The (root) figure that holds the axes.
@@ -787,6 +845,10 @@ def plot_tokens(
     alphas = _token_alphas(s, normalize)
     if max_chars_per_line < 1:
         raise ValueError(f"max_chars_per_line must be >= 1, got {max_chars_per_line}")
+    if _is_empty(s):
+        note = empty_message if empty_message is not None else empty_words_message()
+        note = textwrap.fill(note[:1].upper() + note[1:] + ".", width=max(40, max_chars_per_line + 20))
+        title = note if title is None else f"{title}\n{note}"
 
     lines: list[list[int]] = [[]]
     width = 0
@@ -805,7 +867,7 @@ def plot_tokens(
             sum(max(len(toks[i]), 1) * 0.6 * fontsize + pad_pts for i in line) for line in lines
         )
         fig_w = min(max(2.0, widest / 72.0 + 0.4), 16.0)
-        fig_h = 0.3 + 2.0 * fontsize / 72.0 * len(lines) + (0.4 if title else 0.0)
+        fig_h = 0.3 + 2.0 * fontsize / 72.0 * len(lines) + (0.4 * (title.count("\n") + 1) if title else 0.0)
         fig = Figure(figsize=(fig_w, fig_h))
         ax = fig.add_subplot(1, 1, 1)
     else:

@@ -16,7 +16,8 @@ def main() -> None:
     tokens = lm.tokenize(prompts)
     ids = tokens if not isinstance(tokens, dict) else tokens["input_ids"]
     tscorer = TextImageSimilarity(lm.model, normalize(lm, img01))  # token ids -> cosine with the image
-    words = GradECLIP(tscorer).attribute(ids, target=[0] * len(prompts))  # (T, L), zero outside the words
+    ge = GradECLIP(tscorer)  # the paper's text rule; layer_rule="relu_then_sum" keeps every layer's positive part
+    words = ge.attribute(ids, target=[0] * len(prompts))  # (T, L), zero outside the words
     keep = tscorer.tower.layout(ids).report_mask
     rows = []
     for i, p in enumerate(prompts):
@@ -24,7 +25,10 @@ def main() -> None:
         pos = keep[i].nonzero().flatten().tolist()
         share = viz.normalize_words(words[i, pos])  # the authors' display: divide by the sum
         rows.append((p, [strings[j] for j in pos], words[i, pos]))
-        print(p + ":  " + "  ".join(f"{strings[j]}={float(s):.2f}" for j, s in zip(pos, share)))
+        if not bool((words[i, pos] > 0).any()):  # nothing to rank: the layers' contributions cancel
+            print(f"{p}:  {viz.empty_words_message(ge.layer_rule)}")
+        else:
+            print(p + ":  " + "  ".join(f"{strings[j]}={float(s):.2f}" for j, s in zip(pos, share)))
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / "caption_words.html"
     path.write_text(viz.tokens_html_page(rows), encoding="utf-8")

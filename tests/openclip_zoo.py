@@ -100,10 +100,15 @@ def shrunk_config(name: str) -> Tuple[str, Dict[str, Any]]:
 
 def build(name: str) -> nn.Module:
     """A tiny random ``open_clip`` model of the config ``name``, in eval mode, built offline."""
+    return build_from(*shrunk_config(name))
+
+
+def build_from(cls_name: str, cfg: Dict[str, Any]) -> nn.Module:
+    """A tiny random ``open_clip`` model of class ``cls_name`` from a (shrunk) config, in eval mode, built offline
+    (timm trunks and HuggingFace text towers shrunk as in :func:`build`)."""
     import open_clip
     import open_clip.hf_model
     import open_clip.timm_model
-    cls_name, cfg = shrunk_config(name)
     cls = {"CLIP": open_clip.CLIP, "CustomTextCLIP": open_clip.CustomTextCLIP, "CoCa": open_clip.CoCa}[cls_name]
     timm_mod = open_clip.timm_model.timm
     real_create = timm_mod.create_model

@@ -33,6 +33,21 @@ def _minmax(s, mask):
     return out
 
 
+def _combine(maps, rule):
+    """The layers' signed maps combined by hand: ReLU of the sum, or the sum of the ReLUs."""
+    maps = list(maps)
+    if rule == "sum_then_relu":
+        total = maps[0]
+        for m in maps[1:]:
+            total = total + m
+        return total.clamp_min(0)
+    assert rule == "relu_then_sum"
+    total = maps[0].clamp_min(0)
+    for m in maps[1:]:
+        total = total + m.clamp_min(0)
+    return total
+
+
 def _map(o_grad, q, k, v, query, lam_mask):
     """lam * sum_c g_c v_ic for one layer: (N, L)."""
     rows = torch.arange(q.shape[0])
@@ -43,7 +58,7 @@ def _map(o_grad, q, k, v, query, lam_mask):
 
 
 def open_clip_image(model, images, text_features, target: int, explained: List[int], single_head=False,
-                    pos=None):
+                    pos=None, layer_rule="relu_then_sum"):
     """Reference image map (N, h, w) for an open_clip ViT with class token; ``pos`` overrides the
     positional embedding (for non-native sizes)."""
     v = model.visual
@@ -67,11 +82,12 @@ def open_clip_image(model, images, text_features, target: int, explained: List[i
     lam_mask = torch.zeros(n, x.shape[1], dtype=torch.bool)
     lam_mask[:, 1:] = True
     query = torch.zeros(n, dtype=torch.long)
-    total = sum(F.relu(_map(g, *saved[i][1:], query, lam_mask)) for g, i in zip(grads, explained))
+    total = _combine((_map(g, *saved[i][1:], query, lam_mask) for g, i in zip(grads, explained)), layer_rule)
     return total[:, 1:].reshape(n, h, w).detach()
 
 
-def open_clip_text(model, tokens, image_features, target: int, explained: List[int], single_head=False):
+def open_clip_text(model, tokens, image_features, target: int, explained: List[int], single_head=False,
+                   layer_rule="sum_then_relu"):
     """Reference word map (N, L) for the open_clip CLIP text tower (causal, argmax pooling)."""
     n, length = tokens.shape
     x = model.token_embedding(tokens) + model.positional_embedding
@@ -91,7 +107,7 @@ def open_clip_text(model, tokens, image_features, target: int, explained: List[i
     grads = torch.autograd.grad(s.sum(), [saved[i][0] for i in explained])
     pos = torch.arange(length)
     lam_mask = torch.ones(n, length, dtype=torch.bool) if single_head else pos[None] <= eos[:, None]
-    total = F.relu(sum(_map(g, *saved[i][1:], eos, lam_mask) for g, i in zip(grads, explained)))
+    total = _combine((_map(g, *saved[i][1:], eos, lam_mask) for g, i in zip(grads, explained)), layer_rule)
     words = (pos[None] >= 1) & (pos[None] < eos[:, None])
     return (total * words).detach()
 
@@ -109,7 +125,7 @@ def _hf_attention(attn, x, mask=None, heads=None):
     return o, q, k, v
 
 
-def hf_clip_image(model, pixel_values, text_features, target: int, explained: List[int]):
+def hf_clip_image(model, pixel_values, text_features, target: int, explained: List[int], layer_rule="relu_then_sum"):
     vm = model.vision_model
     x = vm.pre_layrnorm(vm.embeddings(pixel_values))
     n = x.shape[0]
@@ -126,12 +142,13 @@ def hf_clip_image(model, pixel_values, text_features, target: int, explained: Li
     lam_mask = torch.zeros(n, x.shape[1], dtype=torch.bool)
     lam_mask[:, 1:] = True
     query = torch.zeros(n, dtype=torch.long)
-    total = sum(F.relu(_map(g, *saved[i][1:], query, lam_mask)) for g, i in zip(grads, explained))
+    total = _combine((_map(g, *saved[i][1:], query, lam_mask) for g, i in zip(grads, explained)), layer_rule)
     side = int((x.shape[1] - 1) ** 0.5)
     return total[:, 1:].reshape(n, side, side).detach()
 
 
-def hf_clip_text(model, input_ids, attention_mask, image_features, target: int, explained: List[int]):
+def hf_clip_text(model, input_ids, attention_mask, image_features, target: int, explained: List[int],
+                 layer_rule="sum_then_relu"):
     tm = model.text_model
     n, length = input_ids.shape
     x = tm.embeddings(input_ids=input_ids)
@@ -150,6 +167,6 @@ def hf_clip_text(model, input_ids, attention_mask, image_features, target: int, 
     s = F.cosine_similarity(pooled, image_features[target][None], dim=-1)
     grads = torch.autograd.grad(s.sum(), [saved[i][0] for i in explained])
     lam_mask = (pos[None] <= eos[:, None]) & valid
-    total = F.relu(sum(_map(g, *saved[i][1:], eos, lam_mask) for g, i in zip(grads, explained)))
+    total = _combine((_map(g, *saved[i][1:], eos, lam_mask) for g, i in zip(grads, explained)), layer_rule)
     words = (pos[None] >= 1) & (pos[None] < eos[:, None]) & valid
     return (total * words).detach()

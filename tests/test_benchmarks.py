@@ -77,6 +77,30 @@ def test_live_tensor_bytes_counts_what_is_alive():
     del b, d
 
 
+def test_text_rules_script_measures_both_rules(tmp_path, capsys):
+    sys.path.insert(0, BENCHMARKS)
+    try:
+        import text_rules
+    finally:
+        sys.path.remove(BENCHMARKS)
+    out = tmp_path / "text_rules.json"
+    text_rules.main(["--n", "12", "--models", "open_clip", "--layers", "default,1", "--out", str(out)])
+    assert "| open_clip | 4 | no | sum_then_relu (paper) |" in capsys.readouterr().out
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["layers"], r["single_head"], r["layer_rule"]) for r in rows} == {
+        (layers, single_head, rule) for layers in (4, 1) for single_head in (False, True)
+        for rule in ("sum_then_relu", "relu_then_sum")}
+    for r in rows:
+        assert all(0 <= r[c] <= 1 for c in text_rules.COLUMNS if c != "content-word share (non-empty)")
+    by = {(r["layers"], r["single_head"], r["layer_rule"]): r for r in rows}
+    for single_head in (False, True):  # one layer: the rules agree; more: ReLU per layer never empties more maps
+        one = [by[(1, single_head, rule)] for rule in ("sum_then_relu", "relu_then_sum")]
+        assert {k: v for k, v in one[0].items() if k not in ("layer_rule", "ms per map")} == \
+            {k: v for k, v in one[1].items() if k not in ("layer_rule", "ms per map")}
+        empty = {rule: by[(4, single_head, rule)]["empty maps"] for rule in ("sum_then_relu", "relu_then_sum")}
+        assert empty["relu_then_sum"] <= empty["sum_then_relu"]
+
+
 def test_legrad_cost_script_times_every_method(scripts, capsys):
     import legrad_cost
     result = legrad_cost.main(["--model", "ViT-S-32", "--image-size", "64", "--batch", "2", "--threads", "1",

@@ -20,7 +20,7 @@ def scene_png(tmp_path):
 def test_demo_writes_pictures_words_and_maps(tmp_path, capsys):
     assert main(["demo", "--out", str(tmp_path)]) == 0
     out = capsys.readouterr().out
-    assert "best match" in out
+    assert "best match" in out and "word shares" in out and "most important word" not in out
     png, html, npz = tmp_path / "demo_maps.png", tmp_path / "demo_words.html", tmp_path / "demo_maps.npz"
     assert png.stat().st_size > 1000 and "<html" in html.read_text().lower()
     data = np.load(npz)
@@ -127,3 +127,66 @@ def test_missing_hf_model_is_one_line(tmp_path, capsys):
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not load HuggingFace model" in err[0]
+
+
+@pytest.fixture()
+def cancelling_scene_png(tmp_path):
+    """A held-out scene whose caption "a blue circle" gets an all-zero word map under the paper's text rule
+    (the shipped model's layers cancel on every word)."""
+    from captum_gradeclip.data.shapes import generate_scenes
+    scene = generate_scenes(1, image_size=64, num_objects=(2, 3), seed=6)
+    path = tmp_path / "cancel.png"
+    Image.fromarray((scene.images[0].permute(1, 2, 0).numpy() * 255).astype("uint8")).save(path)
+    return path
+
+
+def test_empty_word_map_is_reported_not_ranked(cancelling_scene_png, tmp_path, capsys):
+    out = tmp_path / "paper"
+    assert main(["explain", str(cancelling_scene_png), "--demo", "--text", "a blue circle", "--text", "a red square",
+                 "--explain", "text", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    line = next(s for s in printed.splitlines() if s.startswith("  'a blue circle'"))
+    assert "no word has a positive contribution under the paper's rule (sum over layers, then ReLU)" in line
+    assert "--layer-rule relu_then_sum" in line and "word shares" not in line
+    assert "'a red square': word shares" in printed
+    assert np.load(out / "cancel_maps.npz")["word_maps"][0].sum() == 0
+    page = (out / "cancel_words.html").read_text()
+    assert page.count('class="gradeclip-empty"') == 1 and "--layer-rule relu_then_sum" in page
+
+    other = tmp_path / "other"
+    assert main(["explain", str(cancelling_scene_png), "--demo", "--text", "a blue circle", "--explain", "text",
+                 "--layer-rule", "relu_then_sum", "--out", str(other)]) == 0
+    printed = capsys.readouterr().out
+    assert "'a blue circle': word shares" in printed and "no word has" not in printed
+    assert np.load(other / "cancel_maps.npz")["word_maps"][0].sum() > 0
+    assert "gradeclip-empty" not in (other / "cancel_words.html").read_text()
+
+
+def test_summary_lists_word_shares_and_explains_zero_words():
+    import torch
+
+    from captum_gradeclip.cli import Explanation, _summary
+    exp = Explanation(image01=torch.zeros(3, 8, 8), prompts=["a cyan triangle", "a red square", "a blue circle"],
+                      similarity=np.array([0.2, 0.5, 0.1]), image_maps=None, word_maps=None,
+                      words=[["a", "cyan", "triangle"], ["a", "red", "square"], ["a", "blue", "circle"]],
+                      word_scores=[np.array([0.52, 0.0, 0.48]), np.array([0.1, 0.3, 0.6]), np.zeros(3)],
+                      text_layer_rule="sum_then_relu")
+    lines = _summary("scene", exp).splitlines()
+    assert lines[0] == "scene: best match 'a red square' (0.500)"
+    assert lines[1] == "  'a cyan triangle': word shares a 52%, triangle 48%, cyan 0%"
+    assert lines[2] == "  'a red square': word shares square 60%, red 30%, a 10%"
+    assert lines[3].startswith("  'a blue circle': no word has a positive contribution under the paper's rule")
+    assert lines[4].startswith("  (0% = no positive contribution under the paper's rule")
+    exp.text_layer_rule = "relu_then_sum"
+    lines = _summary("scene", exp).splitlines()
+    assert lines[3] == "  'a blue circle': no word has a positive contribution in any explained layer"
+    assert len(lines) == 4  # no note on the paper's rule
+    exp.words[1] = [f"w{i}" for i in range(9)]
+    exp.word_scores[1] = np.arange(9, dtype=float)
+    assert _summary("scene", exp).splitlines()[2].endswith("w3 8%, ... (3 more)")
+
+
+def test_bad_layer_rule_is_refused(scene_png, capsys):
+    with pytest.raises(SystemExit) as err:
+        main(["explain", str(scene_png), "--demo", "--text", "a red circle", "--layer-rule", "max"])
+    assert err.value.code == 2 and "relu_then_sum" in capsys.readouterr().err

@@ -1,7 +1,7 @@
 """Coverage of open_clip (and its timm / HuggingFace towers).
 
 - one tiny model per adapter family: image and text maps (shape, finite, non-negative, zero at special tokens and
-  padding, grid of a non-square input), or the declared UnsupportedModelError;
+  padding, grid of a non-square input);
 - per family, the maps equal an independent computation written here from the explained module's weights:
   a hand-written forward of the explained attention, autograd for g = dS/do at the query,
   lam = min-max of cos(q_query, k_i) over the explained tokens, map = ReLU(sum_queries lam * (v @ g));
@@ -91,6 +91,10 @@ IMAGE_FAMILIES = {
     "timm-pe-rope-map": (lambda: zoo("PE-Core-T-16-384"), (4, 8)),
     "timm-relpos (native only)": (lambda: zoo("vit_relpos_medium_patch16_cls_224"), None),
     "timm-hybrid (MobileCLIP-B)": (lambda: zoo("MobileCLIP-B"), (4, 8)),
+    # towers without a pooling attention: the last feature map through its global average pool, lambda = 1
+    "timm-convnext (feature map)": (lambda: zoo("convnext_base"), (7, 14)),
+    "timm-fastvit (MobileCLIP-S, feature map)": (lambda: zoo("MobileCLIP2-S0"), (8, 16)),
+    "timm-swin (feature map, native only)": (lambda: zoo("swin_base_patch4_window7_224"), None),
 }
 
 
@@ -116,25 +120,6 @@ def test_image_family(family: str) -> None:
     names = describe_layers(ge)
     assert names == describe_layers(scorer) and len(names) == 1
     assert model.get_submodule(names[0]) is default_layers(scorer)[0]
-
-
-UNSUPPORTED_IMAGE = {
-    "convnext_base": "ConvNeXt",
-    "MobileCLIP2-S0": "FastViT",
-    "swin_base_patch4_window7_224": "Swin",
-}
-
-
-@pytest.mark.parametrize("name", list(UNSUPPORTED_IMAGE))
-def test_unsupported_image_towers(name: str) -> None:
-    model = zoo(name)
-    with pytest.raises(UnsupportedModelError, match=UNSUPPORTED_IMAGE[name]) as info:
-        ImageTextSimilarity(model, torch.randn(2, EMBED))
-    assert "supported" in str(info.value)
-    # the text tower of the same model is explained
-    tokens = text_tokens(model)
-    maps = GradECLIP(TextImageSimilarity(model, torch.randn(2, EMBED))).attribute(tokens, target=0)
-    assert maps.shape == tokens.shape and (maps >= 0).all()
 
 
 TEXT_FAMILIES = {
@@ -687,25 +672,24 @@ def _all_models() -> List[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("name", _all_models())
 def test_every_open_clip_config(name: str) -> None:
+    """Both sides of every config are explained, each scorer's fixed side encoded by the model itself."""
     model = build(name)
-    try:
-        scorer = ImageTextSimilarity(model, torch.randn(2, EMBED))
-    except UnsupportedModelError as err:
-        assert type(model.visual.trunk).__name__ in str(err) and "supported" in str(err)
-    else:
-        images = images_for(model)
-        maps = GradECLIP(scorer).attribute(images, target=1)
-        check_image_maps(maps, 2, scorer.tower.layout(images).grid)
-        wide = images_for(model, n=1, wide=True)
-        try:
-            scorer.tower.validate(wide)
-        except ValueError as err:
-            assert "accepts only its own image size" in str(err)
-        else:
-            maps = GradECLIP(scorer).attribute(wide, target=0)
-            check_image_maps(maps, 1, scorer.tower.layout(wide).grid)
+    images = images_for(model)
     tokens = text_tokens(model)
-    tscorer = TextImageSimilarity(model, torch.randn(2, EMBED))
+    scorer = ImageTextSimilarity(model, tokens)
+    maps = GradECLIP(scorer).attribute(images, target=1)
+    check_image_maps(maps, 2, scorer.tower.layout(images).grid)
+    wide = images_for(model, n=1, wide=True)
+    try:
+        scorer.tower.validate(wide)
+    except ValueError as err:
+        assert "accepts only its own image size" in str(err)
+    else:
+        maps = GradECLIP(scorer).attribute(wide, target=0)
+        check_image_maps(maps, 1, scorer.tower.layout(wide).grid)
+    tscorer = TextImageSimilarity(model, images)
+    with torch.no_grad():
+        torch.testing.assert_close(scorer(images), tscorer(tokens).t(), rtol=1e-4, atol=1e-5)
     maps = GradECLIP(tscorer).attribute(tokens, target=0)
     check_text_maps(maps, tokens, _expected_words(model, tokens))
 

@@ -24,18 +24,20 @@ def test_cuda_maps_equal_cpu_maps(images, tokens):
     assert float((low.cpu() - cpu_img).abs().max() / cpu_img.abs().max()) < 0.03
 
 
-def test_cuda_at_most_two_syncs_per_call(images, tokens):
-    """torch's own sync detector: at most the fast path's self-check and the text crop, once each per call."""
+def test_cuda_at_most_three_syncs_per_call(images, tokens):
+    """torch's own sync detector: at most the check of the input values, the fast path's self-check and the text
+    crop, once each per call (the scorers, built once, are outside the measured calls)."""
     import warnings
 
     from conftest import make_open_clip, make_tokens
     model = make_open_clip().cuda()
     imgs, many = images.cuda(), make_tokens((5, 7, 9, 12, 6, 8), seed=3).cuda()
+    image_scorer, text_scorer = ImageTextSimilarity(model, many), TextImageSimilarity(model, imgs)
     calls = {
-        "image fast path": lambda: GradECLIP(ImageTextSimilarity(model, many), chunk_size=2).attribute_all(imgs),
-        "image probe path": lambda: GradECLIP(ImageTextSimilarity(model, many), list(
+        "image fast path": lambda: GradECLIP(image_scorer, chunk_size=2).attribute_all(imgs),
+        "image probe path": lambda: GradECLIP(image_scorer, list(
             model.visual.transformer.resblocks), chunk_size=2).attribute_all(imgs),
-        "text": lambda: GradECLIP(TextImageSimilarity(model, imgs), chunk_size=1).attribute_all(many),
+        "text": lambda: GradECLIP(text_scorer, chunk_size=1).attribute_all(many),
     }
     for name, call in calls.items():
         call()
@@ -48,4 +50,4 @@ def test_cuda_at_most_two_syncs_per_call(images, tokens):
         finally:
             torch.cuda.set_sync_debug_mode("default")
         syncs = [w for w in caught if "synchroniz" in str(w.message)]
-        assert len(syncs) <= 2, (name, [str(w.message) for w in syncs])
+        assert len(syncs) <= 3, (name, [str(w.message) for w in syncs])

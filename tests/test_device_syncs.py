@@ -6,10 +6,11 @@ finished the work queued so far. A dispatch mode sees every aten op of a call, w
 check runs here without a GPU (tests/test_cuda.py repeats it with ``torch.cuda.set_sync_debug_mode`` where CUDA is
 available).
 
-Allowed: at most one such op per call at each of two named sites, outside the loops over targets and examples:
+Allowed: at most one such op per call at each of three named sites, outside the loops over targets and examples:
 the self-check of a fast path (the re-computed similarities must equal the forward's, or the full path is taken),
-and the crop length of a causal text tower (the number of positions to keep must be known on the host to slice
-the ids).
+the crop length of a causal text tower (the number of positions to keep must be known on the host to slice
+the ids), and the check of the input values before anything runs (NaN or infinite pixels, token ids outside the
+vocabulary: a ValueError must name them; at the start of a call the device has little queued work to wait for).
 """
 
 import traceback
@@ -27,7 +28,7 @@ _SCALAR_OUT = {aten._local_scalar_dense.default, aten.is_nonzero.default, aten.e
                aten.allclose.default, aten.item.default}
 _DATA_DEPENDENT = {aten.nonzero.default, aten.masked_select.default, aten._unique2.default,
                    aten.unique_consecutive.default, aten.unique_dim.default}
-ALLOWED = {"_reproduces", "crop_length"}  # the functions whose single sync each is by design
+ALLOWED = {"_reproduces", "crop_length", "check_values"}  # the functions whose single sync each is by design
 MODEL_CODE = "the model's own forward"
 
 
@@ -80,24 +81,23 @@ def test_image_side_at_most_one_sync_and_none_per_target(stack, layers, oc_model
     if layers == "all":
         blocks = list(model.visual.transformer.resblocks) if stack == "open_clip" \
             else list(model.vision_model.encoder.layers)
-    few = tokens[:1]
-    many = make_tokens((5, 7, 9, 12, 6, 8), seed=3)
-    one = _record(lambda: GradECLIP(ImageTextSimilarity(model, few), blocks).attribute_all(images[:1]))
-    lots = _record(lambda: GradECLIP(ImageTextSimilarity(model, many), blocks, chunk_size=2).attribute_all(images))
+    few = ImageTextSimilarity(model, tokens[:1])  # scorers built once, outside the measured calls
+    many = ImageTextSimilarity(model, make_tokens((5, 7, 9, 12, 6, 8), seed=3))
+    one = _record(lambda: GradECLIP(few, blocks).attribute_all(images[:1]))
+    lots = _record(lambda: GradECLIP(many, blocks, chunk_size=2).attribute_all(images))
     _check(one)
     assert lots == one  # K chunks and N examples add no syncs
-    per_example = _record(lambda: GradECLIP(ImageTextSimilarity(model, many), blocks).attribute(
-        images, target=[0, 3]))
+    per_example = _record(lambda: GradECLIP(many, blocks).attribute(images, target=[0, 3]))
     _check(per_example)
 
 
 @pytest.mark.parametrize("stack", ["open_clip", "hf"])
 def test_text_side_at_most_one_sync_and_none_per_target(stack, oc_model, hf_model, images):
     model = oc_model if stack == "open_clip" else hf_model
-    one = _record(lambda: GradECLIP(TextImageSimilarity(model, images[:1])).attribute_all(make_tokens((6,))))
-    imgs = torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4))
-    lots = _record(lambda: GradECLIP(TextImageSimilarity(model, imgs), chunk_size=2).attribute_all(
-        make_tokens((6, 9, 12, 4))))
+    one_image = TextImageSimilarity(model, images[:1])  # scorers built once, outside the calls
+    five_images = TextImageSimilarity(model, torch.randn(5, 3, 32, 32, generator=torch.Generator().manual_seed(4)))
+    one = _record(lambda: GradECLIP(one_image).attribute_all(make_tokens((6,))))
+    lots = _record(lambda: GradECLIP(five_images, chunk_size=2).attribute_all(make_tokens((6, 9, 12, 4))))
     _check(one)
     assert lots == one
 
@@ -128,10 +128,10 @@ def test_every_hf_family_at_most_the_allowed_syncs():
         ids, mask, _ = cov.texts(family)
         extra = None if mask is None else (mask,)
         imgs = cov.images(n=2)
-        _check(_record(lambda: GradECLIP(ImageTextSimilarity(model, cov.text_inputs(family)),
-                                         chunk_size=1).attribute_all(imgs)))
-        _check(_record(lambda: GradECLIP(TextImageSimilarity(model, imgs), chunk_size=1).attribute_all(
-            ids, additional_forward_args=extra)))
+        image_scorer = ImageTextSimilarity(model, cov.text_inputs(family))
+        text_scorer = TextImageSimilarity(model, imgs)
+        _check(_record(lambda: GradECLIP(image_scorer, chunk_size=1).attribute_all(imgs)))
+        _check(_record(lambda: GradECLIP(text_scorer, chunk_size=1).attribute_all(ids, additional_forward_args=extra)))
 
 
 def test_every_open_clip_family_at_most_the_allowed_syncs():

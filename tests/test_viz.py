@@ -248,6 +248,28 @@ def test_token_html_unnormalized_and_zero() -> None:
     assert [float(a) for a in _ALPHA_RE.findall(zero)] == [0.0, 0.0]
 
 
+def test_empty_word_maps_are_reported_not_shaded() -> None:
+    assert viz.empty_words_message("relu_then_sum") == "no word has a positive contribution in any explained layer"
+    paper = viz.empty_words_message("sum_then_relu", switch="--layer-rule relu_then_sum")
+    assert paper.startswith("no word has a positive contribution under the paper's rule (sum over layers, then ReLU)")
+    assert "cancel" in paper and paper.endswith("--layer-rule relu_then_sum counts each layer's positive part")
+    assert 'layer_rule="relu_then_sum"' in viz.empty_words_message()
+    empty = viz.token_html(["a", "blue", "circle"], [0.0, 0.0, 0.0])
+    assert empty.count('class="gradeclip-empty"') == 1
+    assert "No word has a positive contribution" in empty and "layer_rule=&quot;relu_then_sum&quot;" in empty
+    assert [float(a) for a in _ALPHA_RE.findall(empty)] == [0.0, 0.0, 0.0]
+    assert "gradeclip-empty" not in viz.token_html(["a", "dog"], [0.0, 0.3])
+    custom = viz.token_html(["a"], [-0.5], empty_message="nothing <here>")  # negative: nothing positive either
+    assert "Nothing &lt;here&gt;." in custom
+    page = viz.tokens_html_page([("one", ["a"], [0.0]), ("two", ["b"], [1.0])], empty_message="none")
+    assert page.count('class="gradeclip-empty"') == 1 and ">None.</div>" in page
+    fig = viz.plot_tokens(["a", "blue", "circle"], [0.0, 0.0, 0.0], title="a blue circle")
+    ax = fig.axes[0]
+    assert ax.get_title().startswith("a blue circle\nNo word has a positive contribution")
+    assert [t.get_text() for t in ax.texts] == ["a", "blue", "circle"]
+    assert viz.plot_tokens(["a", "dog"], [0.1, 0.9], title="t").axes[0].get_title() == "t"
+
+
 def test_token_html_bad_inputs() -> None:
     with pytest.raises(ValueError, match="same length"):
         viz.token_html(["a", "b", "c"], [0.1, 0.2])

@@ -6,15 +6,20 @@ anything unknown raises :class:`~captum_gradeclip.errors.UnsupportedModelError`.
 
 from __future__ import annotations
 
-from torch import nn
+from typing import Callable, Optional
+
+import torch
+from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from ..hooking import model_lock
 from . import hf_attention  # noqa: F401  (registers the BERT-style and BLIP attention adapters)
 from .attention import AttentionAdapter, attention_adapter, is_attention_module
 from .base import TokenLayout, Tower
 
 SUPPORTED_MODELS = (
-    "open_clip CLIP, CustomTextCLIP and CoCa (image towers: VisionTransformer, ModifiedResNet, timm ViT/EVA/ViTamin; "
+    "open_clip CLIP, CustomTextCLIP and CoCa (image towers: VisionTransformer, ModifiedResNet, timm ViT/EVA/ViTamin, "
+    "timm ConvNeXt/FastViT/Swin (last feature map, lambda = 1); "
     "text towers: transformer, TextTransformer, HFTextEncoder); see docs/models.md",
     "transformers.CLIPModel",
     "transformers.CLIPVisionModelWithProjection / CLIPTextModelWithProjection (one tower; the other side as "
@@ -75,7 +80,8 @@ def _open_clip_image_tower(model: nn.Module) -> Tower:
         return timm_image_tower(model, visual)
     raise UnsupportedModelError(
         f"cannot explain the image tower {type(visual).__module__}.{kind} of {type(model).__name__}; supported "
-        "open_clip image towers: VisionTransformer, ModifiedResNet, TimmModel (ViT, EVA, ViTamin)")
+        "open_clip image towers: VisionTransformer, ModifiedResNet, TimmModel (ViT, EVA, ViTamin, ConvNeXt, FastViT, "
+        "Swin)")
 
 
 def _open_clip_text_tower(model: nn.Module) -> Tower:
@@ -123,5 +129,64 @@ def text_tower(model: nn.Module) -> Tower:
     raise _unsupported(model, "text")
 
 
-__all__ = ["AttentionAdapter", "TokenLayout", "Tower", "attention_adapter", "image_tower", "is_attention_module",
-           "text_tower", "SUPPORTED_MODELS"]
+def _own_encoder(model: nn.Module, side: str) -> Optional[Callable[[Tensor, Optional[Tensor]], Tensor]]:
+    """The model's own encoder of ``side`` (open_clip ``encode_image`` / ``encode_text``, HuggingFace
+    ``get_image_features`` / ``get_text_features``), as ``f(inputs, attention_mask) -> embeddings``; None if it has
+    none."""
+    from .hf import features
+    if side == "image":
+        if callable(getattr(model, "encode_image", None)):
+            return lambda x, mask: model.encode_image(x)
+        if callable(getattr(model, "get_image_features", None)):
+            return lambda x, mask: features(model.get_image_features(pixel_values=x))
+        return None
+    if callable(getattr(model, "encode_text", None)):
+        return lambda ids, mask: model.encode_text(ids)
+    if callable(getattr(model, "get_text_features", None)):
+        return lambda ids, mask: features(model.get_text_features(
+            input_ids=ids, **({} if mask is None else {"attention_mask": mask})))
+    return None
+
+
+def encode_fixed(model: nn.Module, side: str, inputs: Tensor, attention_mask: Optional[Tensor] = None) -> Tensor:
+    """Embeddings ``(K, E)`` of the side a scorer keeps fixed (not explained), without a graph.
+
+    Encoded by the tower adapter where ``side`` has one (the same checks and the same encoding at any image size as
+    on the explained side), and otherwise by the model itself (``encode_image`` / ``encode_text`` of open_clip,
+    ``get_image_features`` / ``get_text_features`` of HuggingFace): the fixed side is never explained, so any
+    architecture that the model can encode will do.
+
+    Args:
+        model (nn.Module): the CLIP-style model.
+        side (str): ``"image"`` or ``"text"``.
+        inputs (Tensor): images ``(K, 3, H, W)`` or token ids ``(K, L)``.
+        attention_mask (Tensor, optional): the text's attention mask (HuggingFace). Default: None
+
+    Returns:
+        Tensor: ``(K, E)`` embeddings, not normalised.
+
+    Raises:
+        UnsupportedModelError: when ``side`` has no adapter and the model has no encoder of its own for it.
+
+    Examples::
+
+        >>> encode_fixed(model, "image", images).shape      # what TextImageSimilarity(model, images) keeps
+        torch.Size([I, E])
+    """
+    try:
+        tower = image_tower(model) if side == "image" else text_tower(model)
+    except UnsupportedModelError:
+        encoder = _own_encoder(model, side)
+        if encoder is None:
+            raise
+        with torch.no_grad(), model_lock(model):
+            return encoder(inputs, attention_mask)
+    extra = () if attention_mask is None else (attention_mask,)
+    tower.validate(inputs, *extra)
+    tower.check_values(inputs)
+    with torch.no_grad(), model_lock(tower.model):
+        return tower.encode(inputs, *extra)
+
+
+__all__ = ["AttentionAdapter", "TokenLayout", "Tower", "attention_adapter", "encode_fixed", "image_tower",
+           "is_attention_module", "text_tower", "SUPPORTED_MODELS"]

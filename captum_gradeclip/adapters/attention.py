@@ -45,6 +45,9 @@ class AttentionAdapter(abc.ABC):
 
     #: True when :meth:`project` is affine, so its gradient does not depend on ``o``.
     linear_projection: bool = True
+    #: False for a pooling that weighs every position alike (a global average, seen as an attention whose query
+    #: is zero): it has no query-key similarity, so Grad-ECLIP's spatial weight is lambda = 1 on every position.
+    spatial_weight: bool = True
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module

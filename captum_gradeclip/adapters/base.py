@@ -86,6 +86,17 @@ def tail_blocks(blocks: Sequence[nn.Module], attentions: Sequence[nn.Module], na
     return list(blocks[min(owners):])
 
 
+#: attribute names of token embeddings (open_clip, CLIP, SigLIP: token_embedding; BERT-like: word_embeddings; T5 and
+#: decoder-style text models: embed_tokens / shared; others: tok_embeddings, wte)
+_TOKEN_EMBEDDINGS = ("token_embedding", "word_embeddings", "embed_tokens", "shared", "tok_embeddings", "wte")
+
+
+def _some(values: List[int], limit: int = 10) -> str:
+    """A list of ints for a message, cut after ``limit``."""
+    shown = ", ".join(str(v) for v in values[:limit])
+    return f"[{shown}{', ...' if len(values) > limit else ''}]"
+
+
 class Tower(abc.ABC):
     """One tower of a CLIP-style model, as seen by Grad-ECLIP.
 
@@ -96,6 +107,9 @@ class Tower(abc.ABC):
     side: str = "image"
     #: number of blocks explained by default (counted from the last); the text side uses the authors' 8.
     default_depth: int = 1
+    #: False for towers without attention layers to read (the explained layer is a global average pool): the
+    #: attention-based baselines do not apply to them.
+    has_attention: bool = True
 
     def __init__(self, model: nn.Module, root: nn.Module) -> None:
         self.model = model
@@ -153,6 +167,44 @@ class Tower(abc.ABC):
 
     def validate(self, inputs: Any, *extra: Any) -> None:
         """Raise a clear error for inputs of the wrong rank or dtype."""
+
+    def check_values(self, inputs: Any) -> None:
+        """Raise a ValueError for input values that no forward pass can explain: NaN or infinite pixels (image side;
+        they would give all-NaN maps) and token ids outside the vocabulary (text side; torch would only say "index
+        out of range in self"). The message names the examples (and the ids). One host-device sync per call."""
+        if not isinstance(inputs, Tensor) or inputs.dim() < 2 or inputs.numel() == 0:
+            return  # other shapes are validate()'s to refuse
+        if inputs.is_floating_point():
+            bad = ~torch.isfinite(inputs).flatten(1).all(dim=1)  # (N,)
+            if bool(bad.any()):
+                which = bad.nonzero().flatten().tolist()
+                raise ValueError(f"{self.side} inputs {_some(which)} (of N={inputs.shape[0]}) contain NaN or infinite "
+                                 "values; their maps would be all NaN. Check the preprocessing of those examples")
+            return
+        if inputs.dtype == torch.bool or self.side != "text":
+            return
+        vocab = self.vocab_size()
+        outside = inputs < 0 if vocab is None else (inputs < 0) | (inputs >= vocab)
+        if bool(outside.any()):
+            ids = torch.unique(inputs[outside]).tolist()
+            rows = outside.any(dim=1).nonzero().flatten().tolist()
+            size = "" if vocab is None else f" of size {vocab} (ids 0..{vocab - 1})"
+            raise ValueError(f"token ids {_some(ids)} in examples {_some(rows)} are outside the vocabulary{size} of "
+                             f"{type(self.model).__name__}'s text tower; tokenise the texts with this model's "
+                             "tokenizer")
+
+    def vocab_size(self) -> Optional[int]:
+        """Number of rows of the text tower's token embedding (None when there is none to find). Found once, by
+        the names models give it, inside the tower first, then in the whole model."""
+        if not hasattr(self, "_vocab_size"):
+            found = None
+            for scope in (self.root, self.model):
+                found = next((m.num_embeddings for name, m in scope.named_modules()
+                              if isinstance(m, nn.Embedding) and name.rsplit(".", 1)[-1] in _TOKEN_EMBEDDINGS), None)
+                if found is not None:
+                    break
+            self._vocab_size = found
+        return self._vocab_size
 
     def crop_length(self, inputs: Any, *extra: Any) -> Optional[int]:
         """For causal text towers pooled at a query token: the length after which nothing can reach any query

@@ -1,8 +1,8 @@
 """timm image towers of open_clip (``TimmModel``): ViTs (class token, average or MAP pooling: SigLIP, SigLIP 2,
 MobileCLIP-B/L), EVA / EVA02 / Perception Encoder (rotary embeddings), ViTamin, relative-position ViTs.
 
-Towers without a pooling attention (ConvNeXt, FastViT / MobileCLIP-S, Swin) raise
-:class:`~captum_gradeclip.UnsupportedModelError`.
+Towers without a pooling attention (ConvNeXt, FastViT / MobileCLIP-S, Swin) are explained at their last spatial
+feature map through its global average pool, with lambda = 1 (Grad-CAM on the similarity; :class:`TimmFeatureMapTower`).
 
 Images at the model's own size are encoded by the model itself (``model.visual(images)``). Other sizes, which timm
 models accept only with ``dynamic_img_size`` (a flag we never flip), are encoded from the model's own modules:
@@ -13,7 +13,7 @@ bands, then the model's blocks, norm and head.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -144,28 +144,159 @@ register_attention_adapter(_is_timm_attention, TimmAttentionAdapter,
 # ----------------------------------------------------------------------------------------------------------
 # tower
 # ----------------------------------------------------------------------------------------------------------
-_NO_ATTENTION = {
-    "ConvNeXt": "a convolutional network (ConvNeXt)",
-    "FastVit": "FastViT (MobileCLIP-S*): convolutional and RepMixer stages pooled by a global average",
-    "SwinTransformer": "a Swin transformer: windowed attention without a pooling token, then a global average",
-}
+def _average_pool_format(module: nn.Module) -> Optional[str]:
+    """``'NCHW'`` or ``'NHWC'`` for a timm ``SelectAdaptivePool2d`` that averages a feature map over every position
+    into one vector; None for anything else (other pool types, several output cells, other modules)."""
+    if type(module).__name__ != "SelectAdaptivePool2d" or not _from_timm(module):
+        return None
+    inner = getattr(module, "pool", None)
+    if isinstance(inner, nn.AdaptiveAvgPool2d):
+        return "NCHW" if _pair(inner.output_size) == (1, 1) else None
+    if type(inner).__name__ == "FastAdaptiveAvgPool":
+        return {(2, 3): "NCHW", (1, 2): "NHWC"}.get(tuple(getattr(inner, "dim", ())))
+    return None
 
 
-def timm_image_tower(model: nn.Module, visual: nn.Module) -> "TimmVisionTower":
-    """The tower of an open_clip ``TimmModel``, or UnsupportedModelError naming the trunk."""
+class GlobalAveragePoolAdapter(AttentionAdapter):
+    """timm's global average pool (``SelectAdaptivePool2d``, type ``avg``) of a tower's last spatial feature map
+    ``A``, read as an attention whose single query is zero.
+
+    Every logit is then zero, the softmax is uniform and the attention output is ``o = mean_i A_i``: the pool's
+    own output. Keys and values are the positions of ``A`` (row-major, ``NCHW`` or ``NHWC`` as the pool reads
+    them), the projection is the identity (``y = o``, the pooled vector). There is no query-key similarity, so
+    :attr:`spatial_weight` is False (lambda = 1) and the Grad-ECLIP map is ``m_i = sum_c g_c A_ic`` with
+    ``g = dS/d(pooled)``: Grad-CAM on the similarity (see ``docs/method.md``).
+    """
+
+    spatial_weight = False
+
+    def __init__(self, module: nn.Module) -> None:
+        super().__init__(module)
+        self.format = _average_pool_format(module)
+
+    def tokens(self, x: Tensor) -> Tensor:
+        """``(N, h*w, C)`` positions of a feature map, row-major."""
+        if x.dim() != 4:
+            raise ValueError(f"the global pool expected a 4-D feature map, got shape {tuple(x.shape)}")
+        return x.flatten(1, 2) if self.format == "NHWC" else x.flatten(2).transpose(1, 2)
+
+    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
+        t = self.tokens(args[0] if args else kwargs["x"])[:, None]  # (N, 1, L, C)
+        return t.new_zeros(t.shape[0], 1, 1, t.shape[-1]), t, t
+
+    def project(self, o: Tensor) -> Tensor:
+        return o
+
+    def output_tensor(self, output: Any) -> Tensor:
+        return output.reshape(output.shape[0], 1, -1)  # (N, C, 1, 1), (N, 1, 1, C) or (N, C) -> (N, 1, C)
+
+    def replace_output(self, output: Any, y: Tensor) -> Any:
+        return y.reshape(output.shape)
+
+
+register_attention_adapter(lambda m: _average_pool_format(m) is not None, GlobalAveragePoolAdapter,
+                           "timm global average pool (SelectAdaptivePool2d 'avg', towers without a pooling attention)")
+
+
+def _feature_pool(trunk: nn.Module) -> Optional[nn.Module]:
+    """The global average pool that turns the trunk's last feature map into a vector (in its head, or the trunk's
+    own ``global_pool`` module), or None."""
+    for owner in (getattr(trunk, "head", None), trunk):
+        pool = getattr(owner, "global_pool", None)
+        if isinstance(pool, nn.Module) and _average_pool_format(pool) is not None:
+            return pool
+    return None
+
+
+def timm_image_tower(model: nn.Module, visual: nn.Module) -> Tower:
+    """The tower of an open_clip ``TimmModel``, or UnsupportedModelError naming the trunk.
+
+    Vision transformers with a pooling token or attention pool get :class:`TimmVisionTower`; trunks that average
+    their last spatial feature map (ConvNeXt, FastViT / MobileCLIP-S, Swin) get :class:`TimmFeatureMapTower`.
+    """
     trunk = getattr(visual, "trunk", None)
     name = type(trunk).__name__
-    supported = ("supported timm trunks: VisionTransformer (class-token, average or MAP pooling), Eva (EVA, EVA02, "
-                 "Perception Encoder), VisionTransformerRelPos, ViTamin")
-    for key, what in _NO_ATTENTION.items():
-        if name.startswith(key):
-            raise UnsupportedModelError(
-                f"cannot explain the image tower of {type(model).__name__}: timm.{name} is {what}; it has no "
-                f"attention layer whose query pools the image, so Grad-ECLIP does not apply. {supported}")
-    if not (hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed") and hasattr(trunk, "global_pool")):
-        raise UnsupportedModelError(f"cannot explain the image tower of {type(model).__name__}: timm.{name} is not a "
-                                    f"vision transformer with a pooling token or attention pool; {supported}")
-    return TimmVisionTower(model, visual)
+    head = getattr(visual, "head", None)
+    if head is not None and hasattr(head, "pool"):
+        raise UnsupportedModelError(
+            f"open_clip TimmModel (timm.{name}) with open_clip's {type(head.pool).__name__} head "
+            "(timm_pool='abs_attn'/'rot_attn') is not supported")
+    if hasattr(trunk, "blocks") and hasattr(trunk, "patch_embed") and isinstance(getattr(trunk, "global_pool", None),
+                                                                                   str):
+        return TimmVisionTower(model, visual)
+    if _feature_pool(trunk) is not None and hasattr(trunk, "feature_info"):
+        return TimmFeatureMapTower(model, visual)
+    raise UnsupportedModelError(
+        f"cannot explain the image tower of {type(model).__name__}: timm.{name} is neither a vision transformer with a "
+        "pooling token or attention pool nor a network that averages its last feature map; supported timm trunks: "
+        "VisionTransformer (class-token, average or MAP pooling), Eva (EVA, EVA02, Perception Encoder), "
+        "VisionTransformerRelPos, ViTamin, and trunks ending in a global average pool (ConvNeXt, FastViT, Swin)")
+
+
+class TimmFeatureMapTower(Tower):
+    """An open_clip ``TimmModel`` whose trunk has no pooling attention and averages its last spatial feature map
+    into the embedding (ConvNeXt, FastViT / MobileCLIP-S, Swin).
+
+    The explained layer is that global average pool (its input is the last feature map ``A``, its output the pooled
+    vector), read by :class:`GlobalAveragePoolAdapter` as an attention with a zero query: Grad-ECLIP's channel
+    weights ``g = dS/d(pooled)`` applied to ``A`` with lambda = 1, i.e. Grad-CAM on the similarity. The map comes
+    on the feature map's grid ``(H / r, W / r)`` (``r``: the trunk's total reduction, 32 or 64); image sides must
+    be multiples of ``r``. Images are encoded by the model itself; trunks whose patch embedding is strict about
+    the image size (Swin) accept only their own size.
+    """
+
+    side = "image"
+    has_attention = False
+
+    def __init__(self, model: nn.Module, visual: nn.Module) -> None:
+        super().__init__(model, visual)
+        trunk = visual.trunk
+        self.visual, self.trunk = visual, trunk
+        self.family = f"open_clip TimmModel (timm.{type(trunk).__name__})"
+        self.pool = _feature_pool(trunk)
+        self.patch = _pair(trunk.feature_info[-1]["reduction"])
+        size = getattr(visual, "image_size", None)
+        self.native = _pair(size) if size is not None else None
+        pe = getattr(trunk, "patch_embed", None)
+        self.resize_problem = None
+        if getattr(pe, "strict_img_size", False) and not getattr(trunk, "dynamic_img_size", False):
+            self.resize_problem = f"timm.{type(trunk).__name__} encodes a fixed grid (strict patch embedding)"
+
+    def blocks(self) -> List[nn.Module]:
+        return [self.pool]
+
+    def attention_of(self, block: nn.Module) -> nn.Module:
+        if block is self.pool:
+            return block
+        raise UnsupportedModelError(
+            f"{self.family} has no pooling attention: Grad-ECLIP explains its last feature map through the global "
+            f"average pool ({type(self.pool).__name__}, lambda = 1), not {type(block).__name__}; pass layer=None. "
+            "For Grad-CAM on other layers use captum.attr.LayerGradCam on the same scorer")
+
+    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:
+        for layer in layers:
+            if isinstance(layer, nn.Module) and layer is not self.pool and any(layer is m for m in self.root.modules()):
+                self.attention_of(layer)  # raises: only the pool is explained
+        return super().resolve(layers)
+
+    def validate(self, inputs: Any, *extra: Any) -> None:
+        check_images(inputs, self.patch)
+        size = tuple(inputs.shape[-2:])
+        if size == self.native:
+            return
+        if self.resize_problem is not None:
+            raise ValueError(f"{self.family} accepts only its own image size {self.native}, got {size}: "
+                             f"{self.resize_problem}")
+        if size[0] % self.patch[0] or size[1] % self.patch[1]:
+            raise ValueError(f"{self.family}: image sides must be multiples of the trunk's reduction {self.patch} (the "
+                             f"last feature map is (H / {self.patch[0]}, W / {self.patch[1]})), got {size}")
+
+    def encode(self, inputs: Any, *extra: Any) -> Tensor:
+        return self.visual(inputs)
+
+    def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
+        grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])
+        return grid_layout(inputs.shape[0], grid, inputs.device, prefix=0)
 
 
 class TimmVisionTower(PoolerOnlyMixin, Tower):
@@ -186,11 +317,6 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
         trunk = visual.trunk
         self.visual, self.trunk = visual, trunk
         self.family = f"open_clip TimmModel (timm.{type(trunk).__name__})"
-        head = getattr(visual, "head", None)
-        if head is not None and hasattr(head, "pool"):
-            raise UnsupportedModelError(
-                f"{self.family} with open_clip's {type(head.pool).__name__} head (timm_pool='abs_attn'/'rot_attn') "
-                "is not supported")
         self.prefix = int(getattr(trunk, "num_prefix_tokens", 0))
         self.pooler = getattr(trunk, "attn_pool", None)
         self.pool_type = trunk.global_pool

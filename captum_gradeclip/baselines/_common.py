@@ -9,7 +9,6 @@ recomputation is checked against the module's own output.
 
 from __future__ import annotations
 
-import threading
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
@@ -23,7 +22,8 @@ from torch import Tensor, nn
 
 from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
-from ..errors import LayerNotExecutedError
+from ..errors import LayerNotExecutedError, UnsupportedModelError
+from ..hooking import calling_thread_only, check_runs, model_lock
 from ..targets import single_input, target_columns as _target_columns
 
 LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
@@ -104,6 +104,7 @@ def hooked(hooks: Sequence[Hook]) -> Iterator[None]:
     handles = []
     try:
         for module, kind, fn in hooks:
+            fn = calling_thread_only(fn)  # forwards of other threads through these modules are not this call's
             if kind == "pre":
                 handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
             else:
@@ -112,19 +113,6 @@ def hooked(hooks: Sequence[Hook]) -> Iterator[None]:
     finally:
         for h in handles:
             h.remove()
-
-
-def this_thread_only(hooks: Sequence[Hook]) -> List[Hook]:
-    """The hooks, made inert in every thread but the calling one (another thread's forward pass through the same
-    model, e.g. a concurrent call, is left alone)."""
-    owner = threading.get_ident()
-
-    def wrap(fn: Callable) -> Callable:
-        def hook(*args: Any, **kwargs: Any) -> Any:
-            return fn(*args, **kwargs) if threading.get_ident() == owner else None
-        return hook
-
-    return [(module, kind, wrap(fn)) for module, kind, fn in hooks]
 
 
 def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
@@ -146,16 +134,6 @@ def first_tensor_position(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tupl
         if isinstance(a, Tensor):
             return "kw", name
     raise LayerNotExecutedError("the explained block received no tensor input")
-
-
-def check_runs(modules: Sequence[nn.Module], runs: Sequence[int]) -> None:
-    """Every hooked module ran exactly once, or a LayerNotExecutedError that says what happened."""
-    for i, (module, count) in enumerate(zip(modules, runs)):
-        if count != 1:
-            what = "did not run" if count == 0 else f"ran {count} times"
-            raise LayerNotExecutedError(
-                f"explained layer {type(module).__name__} (#{i}) {what} during the scorer's forward pass; "
-                "pass blocks of the tower that the scorer encodes")
 
 
 @dataclass
@@ -326,6 +304,11 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
     def __init__(self, forward_func: Callable, blocks: List[nn.Module],
                  device_ids: Optional[List[int]] = None) -> None:
         tower = scorer_tower(forward_func, type(self).__name__)
+        if not tower.has_attention:
+            raise UnsupportedModelError(
+                f"{type(self).__name__} reads attention layers; the {tower.side} tower of "
+                f"{type(tower.model).__name__} has none (its last feature map is averaged into the embedding): use "
+                "GradECLIP (Grad-CAM on that feature map, lambda = 1) or captum.attr.LayerGradCam on the scorer")
         if tower.side != "image" and not self.text_supported:
             raise ValueError(f"{type(self).__name__} explains images only: pass an ImageTextSimilarity scorer")
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
@@ -337,7 +320,12 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         x, is_tuple = single_input(inputs, type(self).__name__)
         extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
         self.tower.validate(x, *extra)
-        with torch.inference_mode(False):
+        if x.shape[0] == 0:  # an empty batch: an empty result of the right shape
+            layout = self.tower.layout(x, *extra)
+            out = self._shape(torch.zeros(0, layout.report_mask.shape[1], device=x.device), layout)
+            return (out,) if is_tuple else out
+        # one call at a time per model: hooks fire for every forward through a module (see captum_gradeclip.hooking)
+        with model_lock(self.tower.model), torch.inference_mode(False):
             layout = self.tower.layout(x, *extra)
             values = self._token_map(x, extra, layout, target)
         out = self._shape(values.detach(), layout)
@@ -352,6 +340,8 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
         values = values.float() * layout.report_mask.to(values.device)
         if layout.grid is None:
             return values
-        keep = layout.report_mask[0]
         h, w = layout.grid
+        if values.shape[0] == 0:
+            return values.new_zeros(0, 1, h, w)
+        keep = layout.report_mask[0]
         return values[:, keep].reshape(values.shape[0], 1, h, w)

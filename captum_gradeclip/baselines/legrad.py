@@ -13,7 +13,7 @@ from ..adapters.attention import attention_adapter
 from ..adapters.base import TokenLayout, Tower
 from ..errors import UnsupportedModelError
 from ._common import AttentionRecord, Hook, LayerSpec, TokenAttribution, as_module_list, batch_first_of, \
-    check_runs, hooked, probe_attention, run_hooked, scorer_tower, selected_scores, target_columns, this_thread_only
+    check_runs, hooked, probe_attention, run_hooked, scorer_tower, selected_scores, target_columns
 
 FEATURES = ("pooled", "mean")
 
@@ -56,8 +56,9 @@ class LeGrad(TokenAttribution):
     The model is never modified: attention probabilities are recomputed from q and k through the attention
     adapters, a zero probe is added to them, and the module's output is replaced by one computed from them
     (checked numerically against the module's own); block outputs are read by hooks that are removed, even on
-    error, and are inert in other threads. Images of any size and aspect ratio are explained on their own patch
-    grid; batches are explained in one pass (each image against its own target).
+    error, and are inert in other threads (calls on one model hold its lock, see :mod:`captum_gradeclip.hooking`).
+    Images of any size and aspect ratio are explained on their own patch grid; batches are explained in one pass
+    (each image against its own target).
 
     Args:
         forward_func (ImageTextSimilarity): the scorer.
@@ -134,7 +135,7 @@ class LeGrad(TokenAttribution):
             pooler_hooks: List[Hook] = []
             if self.pooler is not None:
                 probe_records, pooler_hooks = _probe_hooks(self.probed, layout.allowed)
-            with hooked(this_thread_only(pooler_hooks)):
+            with hooked(pooler_hooks):
                 for z in tokens:
                     if self.feature == "mean":
                         z = z.mean(dim=1, keepdim=True).expand_as(z)
@@ -180,7 +181,7 @@ class LeGrad(TokenAttribution):
             return hook
 
         hooks = hooks + [(b, "post", block_hook(i, b)) for i, b in enumerate(self.blocks)]
-        scores = run_hooked(self.forward_func, inputs, extra, this_thread_only(hooks))
+        scores = run_hooked(self.forward_func, inputs, extra, hooks)
         check_runs(self.blocks, runs)
         if graph:
             check_runs(self.probed, [len(r.extra.get("probe", [])) for r in records])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 import torch
@@ -40,7 +41,8 @@ class TokenGradCAM(TokenAttribution):
             ``y`` is then used). Default: the last block, with ``attribute_to_layer_input=True``.
         device_ids (list of int, optional): kept for Captum's signature. Default: None
         attribute_to_layer_input (bool, optional): use the block's input tokens instead of its output.
-            Default: True when ``layer`` is None, else False.
+            Default: True when ``layer`` is None, else False. The output of the last block (or of its attention
+            module) gives all-zero maps in towers pooled at one token, and a UserWarning says so.
 
     Examples::
 
@@ -66,6 +68,14 @@ class TokenGradCAM(TokenAttribution):
         self.attribute_to_layer_input = (layer is None) if attribute_to_layer_input is None \
             else bool(attribute_to_layer_input)
         self._batch_first = True if self._adapter is not None else batch_first_of(self.tower, module)
+        last = self.tower.blocks()[-1]
+        if not self.attribute_to_layer_input and any(module is m for m in last.modules()):
+            warnings.warn(
+                f"TokenGradCAM on the output of the last block's {type(module).__name__}: in a tower pooled at one "
+                "token (the class token of a ViT, the EOS token of CLIP text) only that token's output reaches the "
+                "similarity, so the gradient at every other token is zero and the maps are all zero; pass "
+                "attribute_to_layer_input=True (the block's input tokens, the default when layer is None)",
+                UserWarning, stacklevel=2)
 
     @log_usage()
     def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,

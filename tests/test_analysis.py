@@ -1,0 +1,242 @@
+"""captum_gradeclip.analysis: hand-checked cases, independent recomputations, and the shipped models' headline
+findings pinned with margins (as tests/test_quality.py does for the maps)."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity
+from captum_gradeclip import analysis as A
+from captum_gradeclip.analysis.shapes_world import (CONCRETENESS_ORDER, WORD_CLASSES, binding_scenes,
+                                                    content_positions, token_strings)
+from captum_gradeclip.data.shapes import generate_scenes
+from captum_gradeclip.metrics import energy_pointing_game, pointing_game
+from captum_gradeclip.zoo import load_shapes_clip
+
+SEED = 515_151  # held out
+
+
+# ----------------------------------------------------------------------------------------- statistics
+def test_spearman_by_hand():
+    # ranks x: 1 2 3 4, ranks y: 2 1 4 3 -> d^2 = 1+1+1+1 = 4 -> 1 - 6*4/(4*15) = 0.6
+    assert A.spearman(torch.tensor([1.0, 2, 3, 4]), torch.tensor([20.0, 10, 40, 30])) == pytest.approx(0.6)
+    assert A.spearman(torch.tensor([1.0, 2, 3]), torch.tensor([3.0, 2, 1])) == pytest.approx(-1.0)
+    assert math.isnan(A.spearman(torch.tensor([1.0, 1, 1]), torch.tensor([1.0, 2, 3])))
+    assert A.average_ranks(torch.tensor([5.0, 1, 5, 3])).tolist() == [3.5, 1.0, 3.5, 2.0]
+    with pytest.raises(ValueError, match="equal size"):
+        A.spearman(torch.tensor([1.0]), torch.tensor([1.0, 2.0]))
+
+
+def test_bootstrap_interval_contains_the_estimate_and_is_seeded():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(40, generator=g)
+    y = x + 0.5 * torch.randn(40, generator=g)
+    rho, lo, hi = A.bootstrap_spearman(x, y, n_boot=200, seed=3)
+    assert lo <= rho <= hi and 0.5 < rho < 1
+    assert A.bootstrap_spearman(x, y, n_boot=200, seed=3) == (rho, lo, hi)
+
+
+# ------------------------------------------------------------------------------------------ pointing
+def test_chance_of_pointing_is_the_dilated_area():
+    masks = torch.zeros(2, 10, 10, dtype=torch.bool)
+    masks[0, 4, 4] = True
+    masks[1, :5] = True
+    assert A.chance_of_pointing(masks).tolist() == pytest.approx([0.01, 0.5])
+    # a disk of radius 1 around one pixel covers 5 pixels; the half image grows by one row
+    assert A.chance_of_pointing(masks, tolerance=1).tolist() == pytest.approx([0.05, 0.6])
+
+
+def test_multi_object_pointing_groups_by_count():
+    masks = torch.zeros(4, 4, 4, dtype=torch.bool)
+    masks[:, 0, 0] = True
+    maps = torch.zeros(4, 1, 4, 4)
+    maps[0, 0, 0, 0] = maps[1, 0, 3, 3] = maps[2, 0, 0, 0] = maps[3, 0, 0, 0] = 1.0
+    res = A.multi_object_pointing(maps, masks, torch.tensor([1, 1, 2, 3]))
+    assert res.counts == [1, 2, 3]
+    assert res.hit_rate.tolist() == [0.5, 1.0, 1.0]
+    assert res.n.tolist() == [2, 1, 1]
+    assert res.chance.tolist() == pytest.approx([1 / 16] * 3)
+    with pytest.raises(ValueError, match="num_objects"):
+        A.multi_object_pointing(maps, masks, torch.tensor([1, 2]))
+
+
+# -------------------------------------------------------------------------------------- concreteness
+def test_word_importance_by_hand_and_by_class():
+    maps = torch.tensor([[0.0, 3.0, 1.0, 0.0], [0.0, 1.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    toks = [[None, "Red", "a", None], [None, "red", "the", None], [None, "blue", "a", None]]
+    wi = A.word_importance(maps, toks)
+    assert wi.mean == pytest.approx({"red": (0.75 + 0.5) / 2, "a": 0.25, "the": 0.5})
+    assert wi.count == {"red": 2, "a": 1, "the": 1} and wi.empty_maps == 1 and wi.total_maps == 3
+    assert wi.by_class({"red": "colour", "a": "function", "the": "function"}) == pytest.approx(
+        {"colour": 0.625, "function": 0.375})
+    with pytest.raises(ValueError, match="one token list per row"):
+        A.word_importance(maps, toks[:2])
+
+
+def test_ratings_file_and_correlation(tmp_path):
+    path = tmp_path / "norms.csv"
+    path.write_text("Word,Conc.M,Other\nred,4.5,x\na,1.2,y\nthe,1.5,z\nsquare,4.9,w\nbad,,v\n")
+    ratings = A.load_word_ratings(path, word_column="word", rating_column="conc.m")
+    assert ratings == {"red": 4.5, "a": 1.2, "the": 1.5, "square": 4.9}
+    corr = A.rating_correlation({"red": 0.4, "a": 0.05, "the": 0.1, "square": 0.45, "unrated": 1.0}, ratings,
+                                n_boot=50)
+    assert corr.words == ["a", "red", "square", "the"] and corr.rho == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="no column 'rating'"):
+        A.load_word_ratings(path)
+    with pytest.raises(ValueError, match="only 1 words"):
+        A.rating_correlation({"red": 1.0}, ratings)
+    assert A.class_ratings({"a": "function", "red": "colour"}, ["function", "colour"]) == {"a": 0.0, "red": 1.0}
+    with pytest.raises(ValueError, match="not in order"):
+        A.class_ratings({"a": "function"}, ["colour"])
+
+
+# ----------------------------------------------------------------------------- on the shipped models
+@pytest.fixture(scope="module")
+def clip():
+    return load_shapes_clip("open_clip")
+
+
+@pytest.fixture(scope="module")
+def scenes(clip):
+    sc = generate_scenes(16, image_size=clip.image_size, num_objects=(2, 3), seed=SEED)
+    return sc, clip.normalize(sc.images), clip.tokenize(sc.captions)
+
+
+def test_image_layer_profile_equals_each_block_explained_alone(clip, scenes):
+    sc, px, tok = scenes
+    prof = A.image_layer_profile(clip.model, px, tok, sc.target_mask)
+    scorer = ImageTextSimilarity(clip.model, tok)
+    blocks = scorer.tower.blocks()
+    assert prof.layers == [f"visual.transformer.resblocks.{i}" for i in range(len(blocks))]
+    masses = []
+    for i, block in enumerate(blocks):
+        maps = GradECLIP(scorer, block).attribute(px, target=list(range(len(sc))))
+        assert float(prof.localisation[i]) == pytest.approx(float(pointing_game(maps, sc.target_mask).float().mean()))
+        assert float(prof.energy[i]) == pytest.approx(float(energy_pointing_game(maps, sc.target_mask).mean()),
+                                                      abs=1e-6)
+        masses.append(maps.flatten(1).sum(1))
+    m = torch.stack(masses)
+    assert prof.share.tolist() == pytest.approx((m / m.sum(0)).mean(1).tolist(), abs=1e-6)
+    assert float(prof.share.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_text_layer_profile_content_share(clip, scenes):
+    sc, px, tok = scenes
+    strings = token_strings(clip.tokenizer, tok)
+    content = content_positions(strings)
+    assert content.sum(1).tolist() == [2] * len(sc)  # "a <colour> <shape>"
+    prof = A.text_layer_profile(clip.model, tok, px, content)
+    scorer = TextImageSimilarity(clip.model, px)
+    last = GradECLIP(scorer, scorer.tower.blocks()[-1]).attribute(tok, target=list(range(len(sc))))
+    keep = last.sum(1) > 0
+    expected = ((last * content).sum(1)[keep] / last.sum(1)[keep]).mean()
+    assert float(prof.localisation[-1]) == pytest.approx(float(expected), abs=1e-6)
+    assert float(prof.empty[-1]) == pytest.approx(float((~keep).float().mean()))
+    with pytest.raises(ValueError, match="shape of the token ids"):
+        A.text_layer_profile(clip.model, tok, px, content[:, :3])
+
+
+def test_correspondence_accounts_for_all_energy(clip, scenes):
+    sc, px, tok = scenes
+    m = sc.masks.shape[1]
+    words = [[[2, 3] if j == int(sc.target[i]) else [] for j in range(m)] for i in range(len(sc))]
+    res = A.cross_modal_correspondence(clip.model, px, tok, sc.masks, words)
+    total = res.named_energy + res.unnamed_energy + res.background_energy
+    assert total == pytest.approx(1.0, abs=1e-5)
+    wm = A.word_maps(clip.model, tok, px)
+    expected = (wm[:, 2:4].sum(1) / wm.sum(1)).nan_to_num()
+    assert res.word_share.sum(1).tolist() == pytest.approx(expected.tolist(), abs=1e-6)
+    assert math.isnan(res.rank_correlation)  # one named object per caption: nothing to rank
+    with pytest.raises(ValueError, match="empty"):
+        bad = [[[2] for _ in range(m)] for _ in range(len(sc))]
+        A.cross_modal_correspondence(clip.model, px, tok, sc.masks, bad)
+
+
+def test_binding_on_the_shipped_model(clip):
+    images, masks, objects = binding_scenes(12, image_size=clip.image_size, seed=SEED)
+    assert all(a[0] != b[0] and a[1] != b[1] for a, b in objects)
+    b = A.attribute_binding(clip.model, clip.normalize(images), masks, objects, clip.tokenize)
+    assert float(b.true_energy.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert float(b.swapped_energy.sum()) == pytest.approx(1.0, abs=1e-5)
+    # measured (benchmarks/analyses.py, 48 scenes): binding accuracy 0.9+, far above the chance level of 1/6;
+    # a true prompt's map puts about 3x more energy on its object than on the other one
+    assert b.binding_accuracy >= 0.6 and b.similarity_gap > 0.05
+    assert float(b.true_energy[0]) > 1.5 * float(b.true_energy[1])
+    with pytest.raises(ValueError, match="differ in attribute and in noun"):
+        A.attribute_binding(clip.model, clip.normalize(images[:1]), masks[:1], [(("red", "circle"),
+                            ("red", "square"))], clip.tokenize)
+
+
+def test_multi_object_pointing_beats_chance_at_every_count(clip):
+    maps, masks, counts = [], [], []
+    for k in (1, 2, 3, 4):
+        sc = generate_scenes(8, image_size=clip.image_size, num_objects=k, seed=SEED + k)
+        maps.append(A.image_maps(clip.model, clip.normalize(sc.images), clip.tokenize(sc.captions), [-3, -2, -1])[0])
+        masks.append(sc.target_mask)
+        counts.append(sc.num_objects)
+    res = A.multi_object_pointing(torch.cat(maps), torch.cat(masks), torch.cat(counts))
+    assert res.counts == [1, 2, 3, 4]
+    # measured on 48 scenes per count: 0.5-0.8 against a chance level of 0.05-0.07
+    assert bool((res.hit_rate > res.chance + 0.15).all()), (res.hit_rate, res.chance)
+
+
+def test_concrete_words_matter_more_on_the_shipped_model(clip):
+    sc = generate_scenes(24, image_size=clip.image_size, num_objects=(1, 3), seed=SEED + 9)
+    from captum_gradeclip.analysis.shapes_world import template_captions
+    caps = template_captions(sc, seed=1)
+    tok = clip.tokenize(caps)
+    wi = A.word_importance(A.word_maps(clip.model, tok, clip.normalize(sc.images)), token_strings(clip.tokenizer, tok))
+    by = wi.by_class(WORD_CLASSES)
+    assert by["colour"] + by["shape"] > 2 * (by["function"] + by["no visual referent"]), by
+    corr = A.rating_correlation(wi, A.class_ratings(WORD_CLASSES, CONCRETENESS_ORDER), n_boot=100)
+    assert corr.rho > 0.2, corr
+
+
+def test_bad_pairs_are_refused(clip, scenes):
+    sc, px, tok = scenes
+    with pytest.raises(ValueError, match="pair up one to one"):
+        A.image_maps(clip.model, px, tok[:3])
+    with pytest.raises(ValueError, match="empty batch"):
+        A.image_maps(clip.model, px[:0], tok[:0])
+    with pytest.raises(ValueError, match="out of range"):
+        A.image_maps(clip.model, px, tok, [99])
+
+
+def test_huggingface_model_runs_every_analysis():
+    hf = load_shapes_clip("hf")
+    sc = generate_scenes(6, image_size=hf.image_size, num_objects=(2, 3), seed=SEED + 3)
+    px, tok = hf.normalize(sc.images), hf.tokenize(sc.captions)
+    assert isinstance(tok, dict)
+    prof = A.image_layer_profile(hf.model, px, tok, sc.target_mask)
+    assert float(prof.share.sum()) == pytest.approx(1.0, abs=1e-5)
+    text = A.text_layer_profile(hf.model, tok, px, content_positions(token_strings(hf.tokenizer, tok["input_ids"])))
+    assert text.layers[0] == "text_model.encoder.layers.0"
+    images, masks, objects = binding_scenes(4, image_size=hf.image_size, seed=SEED)
+    b = A.attribute_binding(hf.model, hf.normalize(images), masks, objects, hf.tokenize, layers=[-1])
+    assert 0.0 <= b.binding_accuracy <= 1.0 and b.n == 4
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf"])
+def test_word_strings_blank_everything_but_the_words(kind):
+    from captum_gradeclip.cli import load_demo
+    m = load_shapes_clip(kind)
+    texts = m.tokenize(["a photo of a red circle", "the blue cross"])
+    strings = A.word_strings(m.model, texts, lambda ids: m.tokenizer.tokens(ids, skip_pad=False))
+    assert [[s for s in row if s] for row in strings] == [["a", "photo", "of", "a", "red", "circle"],
+                                                          ["the", "blue", "cross"]]
+    assert strings[0][0] is None and strings[1][-1] is None
+    assert load_demo("cpu").token_strings is not None
+
+
+def test_example_runs_offline():
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "examples" / "word_concreteness.py")], capture_output=True,
+                         text=True, timeout=300, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
+    assert out.returncode == 0, out.stderr
+    assert "Spearman rho" in out.stdout and "word maps are all zero" in out.stdout
