@@ -110,3 +110,18 @@ def test_legrad_cost_script_times_every_method(scripts, capsys):
     assert {"LeGrad (last layer)", "LeGrad (all 12 layers)", "Grad-ECLIP (all 12 layers)"} <= set(names)
     assert all(r["ms per map"] > 0 for r in result["rows"])
     assert "| LeGrad (last 3 layers) |" in capsys.readouterr().out
+
+
+def test_analyses_script_runs_legrad_beside_grad_eclip(scripts, tmp_path):
+    import analyses
+    assert analyses.main(["--models", "open_clip", "--n", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip"]
+    pointing = res["multi_object_pointing"]
+    for name in ("last 3 layers", "LeGrad, last layer", "LeGrad, last 3 layers", "LeGrad, all layers"):
+        for label in ("strict", "tolerance"):
+            assert len(pointing[f"{name}, {label}"]["hit_rate"]) == 4
+    assert {"last layer", "LeGrad, last 3 layers"} <= set(res["binding"])
+    same = res["binding"]["last 3 layers"]["binding_accuracy"] == res["binding"]["LeGrad, last 3 layers"][
+        "binding_accuracy"]
+    assert same  # the model's similarities do not depend on the explainer
+    assert len(list(tmp_path.glob("*.png"))) == 4
