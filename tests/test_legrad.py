@@ -215,6 +215,10 @@ def test_refuses_text_towers_and_models_without_blocks():
                         text_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=1)).eval()
     with pytest.raises(UnsupportedModelError, match="ResNet"):
         LeGrad(ImageTextSimilarity(rn, torch.randn(2, 32)))
+    from openclip_zoo import EMBED, build
+    convnext = build("convnext_base")  # a feature map averaged into the embedding: no attention to differentiate
+    with pytest.raises(UnsupportedModelError, match="LeGrad needs transformer blocks"):
+        LeGrad(ImageTextSimilarity(convnext, torch.randn(2, EMBED)))
 
 
 @pytest.mark.parametrize("name", ["coca_ViT-B-32", "ViT-B-16-SigLIP", "EVA02-B-16", "vit_medium_patch16_gap_256"])
