@@ -242,15 +242,20 @@ def write_outputs(exp: Explanation, out: Path, stem: str) -> List[Path]:
                                     empty_message=viz.empty_words_message(exp.text_layer_rule, _SWITCH))
         path.write_text(page, encoding="utf-8")
         written.append(path)
+    written.append(save_maps(exp, out / f"{stem}_maps.npz"))
+    return written
+
+
+def save_maps(exp: Explanation, path: Path) -> Path:
+    """The raw maps of one explanation as a compressed .npz: ``prompts``, ``similarity`` and, where computed,
+    ``image_maps`` ``(T, h, w)`` and ``word_maps`` ``(T, L)``."""
     arrays = {"prompts": np.array(exp.prompts), "similarity": exp.similarity}
     if exp.image_maps is not None:
         arrays["image_maps"] = exp.image_maps
     if exp.word_maps is not None:
         arrays["word_maps"] = exp.word_maps
-    path = out / f"{stem}_maps.npz"
     np.savez_compressed(path, **arrays)
-    written.append(path)
-    return written
+    return path
 
 
 # ------------------------------------------------------------------------------------------------ commands
@@ -383,6 +388,28 @@ def _objects(scene: Any) -> List[Tuple[str, str]]:
     return objs
 
 
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .app.command import limits_from_args, serve
+    limits = limits_from_args(args)  # fail before the (slow) model load
+    args.device = _device(args.device)
+    try:
+        import gradio  # noqa: F401
+    except ImportError:
+        raise CLIError("gradeclip serve needs Gradio: pip install 'captum-gradeclip[demo]'") from None
+    return serve(_load(args), limits, args)
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
+    """Which model: ``--demo``, ``--hf ID``, ``--checkpoint PATH`` or ``--model M --pretrained P``."""
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
+    src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
+    src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
+    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    parser.add_argument("--pretrained", default="openai",
+                        help="open_clip pretrained tag (default: openai; 'none': random weights)")
+
+
 def _add_layer_rule(parser: argparse.ArgumentParser) -> None:
     from .grad_eclip import LAYER_RULES
     parser.add_argument("--layer-rule", choices=LAYER_RULES, default=None,
@@ -397,13 +424,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("explain", help="explain images against prompts")
     ex.add_argument("images", nargs="+", help="image files or folders of images")
     ex.add_argument("--text", action="append", default=[], help="a prompt (repeat for several)")
-    src = ex.add_mutually_exclusive_group()
-    src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
-    src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
-    src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
-    ex.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
-    ex.add_argument("--pretrained", default="openai",
-                    help="open_clip pretrained tag (default: openai; 'none': random weights)")
+    _add_model_arguments(ex)
     ex.add_argument("--explain", choices=("image", "text", "both"), default="both")
     ex.add_argument("--layers", type=int, default=None,
                     help="number of last blocks to explain (default: 1 for images, 8 for text)")
@@ -421,6 +442,12 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     _add_layer_rule(demo)
     demo.set_defaults(func=cmd_demo)
+    from .app.command import add_serve_arguments
+    serve = sub.add_parser("serve", help="serve an interactive web app (Gradio) on this machine")
+    _add_model_arguments(serve)
+    serve.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    add_serve_arguments(serve)
+    serve.set_defaults(func=cmd_serve)
     return parser
 
 
