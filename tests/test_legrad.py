@@ -221,20 +221,23 @@ def test_refuses_text_towers_and_models_without_blocks():
         LeGrad(ImageTextSimilarity(convnext, torch.randn(2, EMBED)))
 
 
-@pytest.mark.parametrize("name", ["coca_ViT-B-32", "ViT-B-16-SigLIP", "EVA02-B-16", "vit_medium_patch16_gap_256"])
+@pytest.mark.parametrize("name", ["coca_ViT-B-32", "ViT-B-16-SigLIP", "EVA02-B-16", "vit_medium_patch16_gap_256",
+                                  "vit_relpos_medium_patch16_cls_224"])
 def test_other_open_clip_towers(name):
-    """Attention poolers (CoCa, timm SigLIP MAP), rotary EVA and average pooling: maps in [0, 1] on a wide image,
-    batch equals one at a time, the pooler's attention runs once per explained layer, the model is unchanged."""
+    """Attention poolers (CoCa, timm SigLIP MAP), rotary EVA, average pooling and relative position biases: maps in
+    [0, 1] on a wide image (relpos: its own size), batch equals one at a time, the pooler's attention runs once per
+    explained layer, the model is unchanged."""
     from openclip_zoo import EMBED, build, native_image_size
     model = build(name)
     scorer = ImageTextSimilarity(model, torch.randn(3, EMBED, generator=torch.Generator().manual_seed(0)))
     h, w = native_image_size(model)
-    x = _images(n=2, h=h, w=2 * w)
+    wide = 1 if "relpos" in name else 2  # relative position tables are built for the model's grid
+    x = _images(n=2, h=h, w=wide * w)
     before = _snapshot(model)
     method = LeGrad(scorer)
     out = method.attribute(x, target=[0, 2])
     tower = scorer.tower
-    assert out.shape[-2:] == (h // tower.patch[0], 2 * w // tower.patch[1])
+    assert out.shape[-2:] == (h // tower.patch[0], wide * w // tower.patch[1])
     assert (out >= 0).all() and (out <= 1).all() and torch.allclose(_flat(out).max(-1).values, torch.ones(2))
     torch.testing.assert_close(out[1:], method.attribute(x[1:], target=2), atol=1e-5, rtol=1e-4)
     assert len(method.probed) == (1 if tower.attention_pooler() is not None else len(tower.token_blocks()))
@@ -280,3 +283,36 @@ def test_siglip2_padded_patches_equal_images():
     method = LeGrad(scorer)
     ours = method.attribute(padded, target=0, additional_forward_args=(mask, shapes))
     torch.testing.assert_close(ours, method.attribute(x, target=0), atol=1e-5, rtol=1e-4)
+
+
+def _open_clip_configs():
+    open_clip = pytest.importorskip("open_clip")
+    return open_clip.list_models()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", _open_clip_configs())
+def test_every_open_clip_config(name):
+    """Every image tower with transformer blocks gets LeGrad maps in [0, 1] (batch = one at a time, at its own size
+    and, where the tower takes it, at twice its width); the others (ResNet, ConvNeXt, FastViT, Swin) are refused
+    with UnsupportedModelError."""
+    from openclip_zoo import EMBED, build, native_image_size
+    model = build(name)
+    scorer = ImageTextSimilarity(model, torch.randn(2, EMBED, generator=torch.Generator().manual_seed(0)))
+    if scorer.tower.token_head() is None or not scorer.tower.token_blocks():
+        with pytest.raises(UnsupportedModelError):
+            LeGrad(scorer)
+        return
+    h, w = native_image_size(model)
+    method = LeGrad(scorer)
+    sizes = [(h, w)]
+    try:
+        scorer.tower.validate(_images(n=1, h=h, w=2 * w))
+        sizes.append((h, 2 * w))
+    except ValueError as err:
+        assert "accepts only its own image size" in str(err)
+    for hh, ww in sizes:
+        x = _images(n=2, h=hh, w=ww)
+        out = method.attribute(x, target=[0, 1])
+        assert out.shape[:2] == (2, 1) and torch.isfinite(out).all() and (out >= 0).all() and (out <= 1).all()
+        torch.testing.assert_close(out[1:], method.attribute(x[1:], target=1), atol=1e-4, rtol=1e-3)

@@ -80,6 +80,15 @@ class TimmAttentionAdapter(AttentionAdapter):
             v = v.repeat_interleave(h // kv_heads, dim=1)
         return q, k, v
 
+    def logit_bias(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        """``RelPosAttention``'s relative position bias: its own ``rel_pos`` table, or the ``shared_rel_pos`` that
+        the model passes to every block."""
+        rel_pos = getattr(self.module, "rel_pos", None)
+        if rel_pos is not None:
+            return rel_pos.get_bias()
+        shared = kwargs.get("shared_rel_pos")
+        return shared if isinstance(shared, Tensor) else None
+
     def project(self, o: Tensor) -> Tensor:
         m = self.module
         return m.proj(getattr(m, "norm", nn.Identity())(o))

@@ -190,9 +190,13 @@ def last_layer_first(records: Sequence[AttentionRecord]) -> List[AttentionRecord
 
 
 # ------------------------------------------------------------------------------------------------- attention
-def attention_probs(adapter: AttentionAdapter, q: Tensor, k: Tensor, allowed: Optional[Tensor]) -> Tensor:
-    """Softmax attention ``(N, H, L, L)`` recomputed from q and k: ``softmax(logits + mask)``."""
+def attention_probs(adapter: AttentionAdapter, q: Tensor, k: Tensor, allowed: Optional[Tensor],
+                    bias: Optional[Tensor] = None) -> Tensor:
+    """Softmax attention ``(N, H, L, L)`` recomputed from q and k: ``softmax(logits + bias + mask)`` (``bias``: the
+    adapter's :meth:`~captum_gradeclip.adapters.attention.AttentionAdapter.logit_bias`)."""
     logits = adapter.logits(q, k)
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
     if allowed is not None:
         logits = logits.masked_fill(~allowed[:, None].to(logits.device), float("-inf"))
     return logits.softmax(dim=-1)
@@ -239,7 +243,7 @@ def probe_attention(allowed: Optional[Tensor], rows: Callable[[Tensor], Tensor])
         torch.set_grad_enabled(True)
         y_old = adapter.output_tensor(output)
         q, k, v = adapter.qkv(args, kwargs)
-        probs = attention_probs(adapter, q, k, allowed)
+        probs = attention_probs(adapter, q, k, allowed, adapter.logit_bias(args, kwargs))
         probe = torch.zeros_like(probs, requires_grad=True)
         y_new = output_from_probs(adapter, probs + probe, v).to(y_old.dtype)
         live = rows(y_new).to(y_new.device)
@@ -255,7 +259,7 @@ def recorded_attention(rec: AttentionRecord, layout: TokenLayout, check: bool = 
     """Attention probabilities ``(N, H, L, L)`` and values ``(N, H, L, d)`` of a recorded module, float32."""
     with torch.no_grad():
         q, k, v = rec.adapter.qkv(rec.args, rec.kwargs)
-        probs = attention_probs(rec.adapter, q, k, layout.allowed)
+        probs = attention_probs(rec.adapter, q, k, layout.allowed, rec.adapter.logit_bias(rec.args, rec.kwargs))
         if check and rec.output is not None:
             y = output_from_probs(rec.adapter, probs, v)
             check_recomputed(y, rec.output, live_rows(layout, y.shape[0], y.shape[1]), rec.adapter.module)
