@@ -9,10 +9,12 @@ shipped shapes model and a generated scene.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -46,6 +48,53 @@ def _split_text_inputs(texts: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]
 
 
 # ----------------------------------------------------------------------------------------------- model loading
+OFFLINE_HINT = ("to run offline, use --demo (the shipped model), local files (--checkpoint FILE, --hf FOLDER) or a "
+                "model already in the Hugging Face cache with HF_HUB_OFFLINE=1 (see docs/offline.md)")
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
+def _is_download_failure(err: BaseException) -> bool:
+    """Whether ``err`` (or an exception it was raised from) says that a file could not be fetched from the hub."""
+    names = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectError", "ConnectTimeout",
+             "ReadTimeout", "URLError", "HfHubHTTPError", "RepositoryNotFoundError", "EntryNotFoundError")
+    words = ("connect", "download", "offline", "cached files", "local cache", "huggingface.co")
+    seen = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        if any(cls.__name__ in names for cls in type(err).__mro__) or any(w in str(err).lower() for w in words):
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+@contextlib.contextmanager
+def quiet_logging() -> Iterator[None]:
+    """Silence log records (open_clip logs a failed download at ERROR level before raising it): a failed load is
+    reported once, as one line."""
+    previous = logging.root.manager.disable
+    logging.disable(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        logging.disable(previous)
+
+
+def load_error(what: str, err: BaseException) -> CLIError:
+    """One line for a failed model load: a failed download names the way to run offline."""
+    import os
+    if _is_download_failure(err):
+        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
+            reason = "HF_HUB_OFFLINE is set and the files are not in the local cache"
+        else:
+            reason = "the files are not in the local cache and the download failed (no network?)"
+        return CLIError(f"could not load {what}: {reason}; {OFFLINE_HINT}")
+    return CLIError(f"could not load {what}: {_first_line(err)}")
+
+
 def load_demo(device: str) -> LoadedModel:
     """The shipped shapes-world open_clip model (offline)."""
     from .zoo import load_shapes_clip
@@ -58,27 +107,43 @@ def load_demo(device: str) -> LoadedModel:
 
 
 def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedModel:
-    """An open_clip model by config name, with ``pretrained`` weights (a tag or a checkpoint path)."""
+    """An open_clip model by config name, with ``pretrained`` weights (a tag or a checkpoint path), or a
+    ``local-dir:FOLDER`` / ``hf-hub:ORG/NAME`` model (its weights come with it)."""
     import open_clip
-    if name not in open_clip.list_models():
-        raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16)")
+    if name.startswith("local-dir:"):  # open_clip's own folder format: open_clip_config.json and the weights
+        folder = Path(name[len("local-dir:"):]).expanduser()
+        if not (folder / "open_clip_config.json").is_file():
+            raise CLIError(f"{name}: no open_clip_config.json in {folder} (a local-dir: folder holds the model's "
+                           "open_clip_config.json and its weights, as on the Hugging Face hub)")
+        if not any(f.suffix in (".safetensors", ".bin", ".pth") for f in folder.iterdir()):
+            raise CLIError(f"{name}: no weights (.safetensors, .bin, .pth) in {folder}")
+        pretrained = None  # the folder's weights
+    elif not name.startswith("hf-hub:") and name not in open_clip.list_models():
+        raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16), or give "
+                       "local-dir:FOLDER or hf-hub:ORG/NAME")
+    schema = name.startswith(("local-dir:", "hf-hub:"))  # the weights come with the model, not from `pretrained`
+    what = f"open_clip {name!r}" + ("" if schema else f" with pretrained={pretrained!r}")
     try:
-        model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
+        with quiet_logging():
+            model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
     except Exception as err:  # downloads fail in many ways (no network, missing tag, bad checkpoint)
-        raise CLIError(f"could not load open_clip {name!r} with pretrained={pretrained!r}: "
-                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__} "
-                       "(weights are downloaded on first use: is the network reachable?)") from None
+        raise load_error(what, err) from None
     model.eval()
     cfg = open_clip.get_model_preprocess_cfg(model)
     size = cfg.get("size", 224)
     size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    tokenizer = open_clip.get_tokenizer(name)
+    try:  # some tokenizers (SigLIP, multilingual towers) come from the Hugging Face hub
+        with quiet_logging():
+            tokenizer = open_clip.get_tokenizer(name)
+    except Exception as err:
+        raise load_error(f"the tokenizer of open_clip {name!r}", err) from None
 
     def strings(ids: torch.Tensor) -> List[str]:
         decode = getattr(tokenizer, "decode", None)
         return [decode([int(i)]).strip() if decode else str(int(i)) for i in ids]
 
-    return LoadedModel(model=model, name=f"{name} ({pretrained or 'random weights'})", image_size=size,
+    label = name if schema else f"{name} ({pretrained or 'random weights'})"
+    return LoadedModel(model=model, name=label, image_size=size,
                        mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
                        std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
                        tokenize=lambda texts: tokenizer(texts).to(device), token_strings=strings)
@@ -90,13 +155,16 @@ def load_hf(model_id: str, device: str) -> LoadedModel:
         from transformers import AutoModel, AutoProcessor
     except ImportError:
         raise CLIError("--hf needs transformers: pip install 'captum-gradeclip[hf]'") from None
+    local = Path(model_id).expanduser()
+    if not local.exists() and (local.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1):
+        raise CLIError(f"no model folder {model_id}: --hf takes a hub id (org/name) or a folder written by "
+                       "save_pretrained (model and processor)")
     try:
-        model = AutoModel.from_pretrained(model_id).to(device).eval()
-        processor = AutoProcessor.from_pretrained(model_id)
+        with quiet_logging():
+            model = AutoModel.from_pretrained(model_id).to(device).eval()
+            processor = AutoProcessor.from_pretrained(model_id)
     except Exception as err:
-        raise CLIError(f"could not load HuggingFace model {model_id!r}: "
-                       f"{str(err).splitlines()[0] if str(err) else type(err).__name__} "
-                       "(is the network reachable, or the path a saved model?)") from None
+        raise load_error(f"HuggingFace model {model_id!r}", err) from None
     tok = processor.tokenizer
     ip = getattr(processor, "image_processor", None)
     size = getattr(model.config, "vision_config", model.config).image_size
@@ -266,13 +334,10 @@ def _device(name: str) -> str:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
-    """Load the model; the loaders' own log lines (download retries) are silenced: errors come as one line."""
-    import logging
-    logging.disable(logging.WARNING)
-    try:
+    """Load the model; the loaders' own log lines (download retries, failures) are silenced: errors come as one
+    line."""
+    with quiet_logging():
         return _load_quiet(args)
-    finally:
-        logging.disable(logging.NOTSET)
 
 
 def _load_quiet(args: argparse.Namespace) -> LoadedModel:
@@ -301,6 +366,34 @@ def _word_shares(words: List[str], scores: np.ndarray) -> str:
     listed = [f"{words[i]} {shares[i]:.0%}" for i in order[:_MAX_WORDS]]
     more = len(order) - _MAX_WORDS
     return ", ".join(listed) + (f", ... ({more} more)" if more > 0 else "")
+
+
+def native_stride(lm: LoadedModel) -> Optional[int]:
+    """Pixels per map cell of the image tower (the patch of a ViT, the total stride of a ResNet): the multiple that
+    ``--size native`` rounds the sides to. None when the tower has no fixed grid."""
+    from .adapters import image_tower
+    tower = image_tower(lm.model)
+    patch = getattr(tower, "patch", None)
+    if patch is not None:
+        return int(patch[0])
+    probe = torch.zeros(1, 3, lm.image_size, lm.image_size)
+    try:
+        grid = tower.layout(probe).grid
+    except Exception:  # a tower whose layout needs more than the image shape
+        return None
+    return lm.image_size // grid[0] if grid and grid[0] and lm.image_size % grid[0] == 0 else None
+
+
+def _check_layers(lm: LoadedModel, layers: Optional[int], explain: str) -> None:
+    """``--layers N`` must not exceed the blocks of an explained tower."""
+    if layers is None:
+        return
+    from .adapters import image_tower, text_tower
+    for side in {"image": ("image",), "text": ("text",), "both": ("image", "text")}[explain]:
+        count = len((image_tower if side == "image" else text_tower)(lm.model).blocks())
+        if layers > count:
+            raise CLIError(f"--layers {layers}: the {side} tower of {lm.name} has {count} block(s); "
+                           f"give --layers 1 to {count}")
 
 
 def _summary(stem: str, exp: Explanation) -> str:
@@ -339,8 +432,12 @@ def cmd_explain(args: argparse.Namespace) -> int:
     paths = collect_images(args.images)
     images = [(p, load_image(p)) for p in paths]  # fail before the (slow) model load
     lm = _load(args)
-    from .adapters import image_tower
-    patch = getattr(image_tower(lm.model), "patch", (None,))[0]
+    lm.tokenize(prompts)  # words outside the vocabulary fail here, before any work
+    _check_layers(lm, args.layers, args.explain)
+    patch = native_stride(lm)
+    if args.size == "native" and patch is None:
+        print(f"note: {lm.name} has no fixed patch grid: --size native is not possible, images are resized and "
+              f"centre-cropped to {lm.image_size} px (as --size model)", file=sys.stderr)
     out = Path(args.out)
     from tqdm.auto import tqdm
     prepared = [(path, prepare_image(pil, lm.image_size, patch, args.size)) for path, pil in images]
@@ -405,7 +502,8 @@ def _add_model_arguments(parser: argparse.ArgumentParser) -> None:
     src.add_argument("--hf", metavar="ID", help="a HuggingFace CLIP-family model id or local path")
     src.add_argument("--checkpoint", metavar="PATH", help="an open_clip checkpoint file for --model")
     src.add_argument("--demo", action="store_true", help="the shipped shapes model (offline)")
-    parser.add_argument("--model", default="ViT-B-16", help="open_clip model name (default: ViT-B-16)")
+    parser.add_argument("--model", default="ViT-B-16",
+                        help="open_clip model name (default: ViT-B-16), or local-dir:FOLDER / hf-hub:ORG/NAME")
     parser.add_argument("--pretrained", default="openai",
                         help="open_clip pretrained tag (default: openai; 'none': random weights)")
 
@@ -418,8 +516,17 @@ def _add_layer_rule(parser: argparse.ArgumentParser) -> None:
                              "for images and sum_then_relu for words (whose layers can cancel to an all-zero map)")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line (``gradeclip explain: error: ...``), exit status 2, like every other error."""
+
+    def error(self, message: str) -> "NoReturn":  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="gradeclip", description=__doc__.split("\n\n")[0])
+    from . import __version__
+    parser = _Parser(prog="gradeclip", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     ex = sub.add_parser("explain", help="explain images against prompts")
     ex.add_argument("images", nargs="+", help="image files or folders of images")
@@ -431,7 +538,8 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--single-head", action="store_true", help="reproduce the authors' released code")
     _add_layer_rule(ex)
     ex.add_argument("--size", choices=("native", "model"), default="native",
-                    help="native: keep the aspect ratio (default); model: centre crop to the model's size")
+                    help="native: keep the aspect ratio (default; towers without a patch grid fall back to model); "
+                         "model: centre crop to the model's size")
     ex.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     ex.add_argument("--batch-size", type=int, default=8, help="images of the same size explained together")
     ex.add_argument("--out", default="gradeclip_out", help="output folder (default: gradeclip_out)")

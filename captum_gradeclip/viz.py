@@ -28,6 +28,11 @@ They may be :class:`torch.Tensor` or :class:`numpy.ndarray`.
 * a :class:`PIL.Image.Image` in mode ``RGB`` or ``L`` (other single-band
   modes are converted to RGB too).
 
+An image that was normalised for the model (``(x - mean) / std``, what CLIP
+preprocessing returns) is accepted by :func:`overlay`, :func:`plot_image_maps`
+and :func:`to_captum_image` when its ``mean`` and ``std`` are given: the
+normalisation is undone before display (see :func:`denormalize`).
+
 A two-dimensional ``(H, W)`` array/tensor or a single-channel image is treated
 as greyscale and repeated to three channels. Images with four channels (RGBA)
 are rejected with a :class:`ValueError`: drop or composite the alpha channel
@@ -69,6 +74,7 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
     from PIL.Image import Image as PILImage
 
 __all__ = [
+    "denormalize",
     "normalize_map",
     "normalize_words",
     "empty_words_message",
@@ -147,6 +153,95 @@ def _single_map(map: ArrayLike, name: str = "map") -> torch.Tensor:
     if out.shape[0] == 0 or out.shape[1] == 0:
         raise ValueError(f"{name} is empty (shape {shape})")
     return out
+
+
+def _channel_stats(values: Sequence[float], name: str) -> np.ndarray:
+    """``mean`` or ``std`` as a float64 array of 3 (one value is repeated)."""
+    try:
+        arr = np.asarray(values, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError):
+        raise TypeError(f"{name} must be 3 numbers (one per channel) or one number, got {values!r}") from None
+    if arr.size == 1:
+        arr = np.repeat(arr, 3)
+    if arr.size != 3 or not np.isfinite(arr).all():
+        raise ValueError(f"{name} must be 3 finite numbers (one per channel) or one number, got {values!r}")
+    return arr
+
+
+def denormalize(
+    image: ArrayLike, mean: Sequence[float], std: Sequence[float]
+) -> torch.Tensor:
+    """Undo a model's ``(x - mean) / std`` normalisation: ``image * std + mean``, clipped to ``[0, 1]``.
+
+    Args:
+        image: A normalised float image, ``(3, H, W)`` or ``(1, 3, H, W)`` (tensor, channels first, e.g. one
+            item of ``torch.stack([preprocess(im) for im in pil_images])``) or ``(H, W, 3)`` (numpy, channels
+            last).
+        mean: The per-channel mean used by the preprocessing (3 numbers; e.g. open_clip's
+            ``open_clip.get_model_preprocess_cfg(model)["mean"]`` or a HuggingFace
+            ``processor.image_processor.image_mean``).
+        std: The per-channel standard deviation (3 numbers), as ``mean``.
+
+    Returns:
+        A float32 CPU tensor of the same layout as ``image`` with values in ``[0, 1]``.
+
+    Raises:
+        TypeError: ``image`` is not a float tensor or array.
+        ValueError: wrong shape, ``mean`` / ``std`` not 3 finite numbers, a non-positive ``std``, or values that
+            lie far outside ``[0, 1]`` once de-normalised (the wrong ``mean`` / ``std`` for this image).
+
+    Examples:
+        >>> x = torch.full((3, 2, 2), 0.5)
+        >>> denormalize((x - 0.4) / 0.2, mean=[0.4, 0.4, 0.4], std=[0.2, 0.2, 0.2])[0, 0, 0].item()
+        0.5
+    """
+    m = _channel_stats(mean, "mean")
+    sd = _channel_stats(std, "std")
+    if (sd <= 0).any():
+        raise ValueError(f"std must be positive, got {std!r}")
+    if isinstance(image, torch.Tensor):
+        t = image.detach().cpu()
+        if not t.is_floating_point():
+            raise TypeError(f"a normalised image is a float tensor, got dtype {t.dtype}")
+        channels = -3
+    elif isinstance(image, np.ndarray):
+        if not np.issubdtype(image.dtype, np.floating):
+            raise TypeError(f"a normalised image is a float array, got dtype {image.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(image))
+        channels = -1
+    else:
+        raise TypeError(f"image must be a torch.Tensor or a numpy.ndarray, got {type(image).__name__}")
+    if t.ndim < 3 or t.shape[channels] != 3 or (t.ndim == 4 and t.shape[0] != 1) or t.ndim > 4:
+        layout = "(3, H, W) or (1, 3, H, W) tensor" if channels == -3 else "(H, W, 3) array"
+        raise ValueError(f"a normalised image must be a {layout}; got shape {tuple(t.shape)}")
+    shape = [1, 1, 1]
+    shape[channels] = 3
+    out = t.to(torch.float64) * torch.from_numpy(sd).view(shape) + torch.from_numpy(m).view(shape)
+    if out.numel() and not bool(torch.isfinite(out).all()):
+        raise ValueError("image contains NaN or infinite values")
+    lo, hi = (float(out.min()), float(out.max())) if out.numel() else (0.0, 1.0)
+    if lo < -0.05 or hi > 1.05:
+        raise ValueError(
+            f"once de-normalised with mean={list(m)} and std={list(sd)} the image spans [{lo:.3g}, {hi:.3g}], "
+            "not [0, 1]: these are not the mean and std that normalised it (or the image was not normalised)"
+        )
+    return out.clamp(0.0, 1.0).to(torch.float32)
+
+
+def _display_image(
+    image: ImageLike, mean: Sequence[float] | None, std: Sequence[float] | None
+) -> np.ndarray:
+    """:func:`_image_to_float_hwc`, after undoing the model's normalisation when ``mean`` and ``std`` are given."""
+    if (mean is None) != (std is None):
+        raise ValueError("give both mean and std (the normalisation to undo), or neither")
+    if mean is not None:
+        if not isinstance(image, (torch.Tensor, np.ndarray)):
+            raise TypeError(
+                f"mean/std undo the normalisation of a float tensor or array; got a {type(image).__name__}, "
+                "which is displayed as it is: drop mean and std"
+            )
+        image = denormalize(image, mean, std)  # type: ignore[arg-type]
+    return _image_to_float_hwc(image)
 
 
 def _image_to_float_hwc(image: ImageLike) -> np.ndarray:
@@ -233,8 +328,8 @@ def _image_to_float_hwc(image: ImageLike) -> np.ndarray:
     if lo < -tol or hi > 1.0 + tol:
         raise ValueError(
             f"float images must lie in [0, 1]; got range [{lo:.4g}, {hi:.4g}]. Pass uint8 "
-            "values for [0, 255] images, and undo the CLIP mean/std normalisation before "
-            "displaying a preprocessed tensor."
+            "values for [0, 255] images; for a tensor normalised for the model (CLIP "
+            "preprocessing), pass its mean= and std= so that the normalisation is undone."
         )
     return np.clip(out, 0.0, 1.0)
 
@@ -497,6 +592,8 @@ def overlay(
     cmap: str | Colormap = "jet",
     alpha: float = 0.5,
     normalize: bool = True,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> np.ndarray:
     """Colour a map and blend it over an image.
 
@@ -515,6 +612,11 @@ def overlay(
             assumed to be in ``[0, 1]`` already and is clipped to it.
             An all-zero map with ``normalize=True`` is drawn as the colormap's
             colour at 0 everywhere.
+        mean: With ``std``: the per-channel mean that normalised ``image`` for
+            the model; the normalisation is undone for display
+            (:func:`denormalize`). Leave both ``None`` for images in ``[0, 1]``
+            or ``[0, 255]``.
+        std: The per-channel standard deviation of that normalisation.
 
     Returns:
         An ``(H, W, 3)`` ``uint8`` array.
@@ -531,7 +633,7 @@ def overlay(
     if not (0.0 <= float(alpha) <= 1.0):
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     colormap = _get_cmap(cmap)
-    img = _image_to_float_hwc(image)
+    img = _display_image(image, mean, std)
     m = _single_map(map).to(torch.float64)
     up = upsample_map(m, img.shape[:2])
     up = normalize_map(up) if normalize else up.clamp(0.0, 1.0)
@@ -598,6 +700,8 @@ def plot_image_maps(
     cmap: str | Colormap = "jet",
     alpha: float = 0.5,
     figsize: tuple[float, float] | None = None,
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> Figure:
     """Plot an image followed by one overlay per map, in a grid.
 
@@ -616,6 +720,10 @@ def plot_image_maps(
         alpha: Heat-map weight in ``[0, 1]``.
         figsize: Figure size in inches (default: 3 inches wide per panel, height
             following the image's aspect ratio).
+        mean: With ``std``: the normalisation of ``image`` to undo for display,
+            for an image straight from the model's preprocessing (see
+            :func:`overlay`).
+        std: See ``mean``.
 
     Returns:
         A :class:`matplotlib.figure.Figure` (not attached to pyplot) with
@@ -631,6 +739,9 @@ def plot_image_maps(
         >>> fig = plot_image_maps(img, maps, ["a dog", "a cat"], scores=[0.31, 0.12])
         >>> [ax.get_title() for ax in fig.axes]
         ['image', 'a dog (0.31)', 'a cat (0.12)']
+        >>> clip_mean, clip_std = [0.481, 0.458, 0.408], [0.269, 0.261, 0.276]
+        >>> pixels = (img - torch.tensor(clip_mean).view(3, 1, 1)) / torch.tensor(clip_std).view(3, 1, 1)
+        >>> fig = plot_image_maps(pixels, maps, mean=clip_mean, std=clip_std)  # a preprocessed image
     """
     items, names = _collect_maps(maps, titles)
     if scores is not None:
@@ -648,7 +759,7 @@ def plot_image_maps(
         raise ValueError(f"ncols must be >= 1, got {ncols}")
     ncols = min(int(ncols), n_panels)
     nrows = math.ceil(n_panels / ncols)
-    img = _image_to_float_hwc(image)
+    img = _display_image(image, mean, std)
     if figsize is None:
         panel_h = 3.0 * img.shape[0] / img.shape[1]
         figsize = (3.0 * ncols, (panel_h + 0.4) * nrows)
@@ -906,6 +1017,8 @@ def to_captum_image(
     *,
     sign: str = "positive",
     mode: str = "bilinear",
+    mean: Sequence[float] | None = None,
+    std: Sequence[float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Convert a map and image to the HWC numpy arrays Captum's plots expect.
 
@@ -935,6 +1048,9 @@ def to_captum_image(
             ``"negative"``, ``"absolute_value"`` or ``"all"``); only used to
             check that Captum will have something to draw.
         mode: Upsampling mode, see :func:`upsample_map`.
+        mean: With ``std``: the normalisation of ``image`` to undo (see
+            :func:`overlay`).
+        std: See ``mean``.
 
     Returns:
         ``(attr_hwc, image_hwc)``: ``float32`` ``(H, W, 1)`` attribution and
@@ -951,7 +1067,7 @@ def to_captum_image(
     """
     if sign not in _CAPTUM_SIGNS:
         raise ValueError(f"sign must be one of {_CAPTUM_SIGNS}, got {sign!r}")
-    img = _image_to_float_hwc(image)
+    img = _display_image(image, mean, std)
     m = _single_map(map)
     if sign == "positive":
         empty = not bool((m > 0).any())

@@ -1,14 +1,16 @@
 """Compare Grad-ECLIP with Integrated Gradients on the same scorer: maps side by side, time, deletion AUC.
 
 Run offline on the shipped shapes model:   python examples/compare_with_ig.py
-With real weights (downloads them):        python examples/compare_with_ig.py --pretrained --image dog.jpg \
-                                               --text "a dog"
+  (on a photo of yours, which the tiny shapes model sees as shapes and colours: --image photo.jpg)
+With real weights (downloads them):        python examples/compare_with_ig.py --pretrained \
+                                               --image dog.jpg --text "a dog"
+  (--pretrained TAG picks the weights, a tag of open_clip.list_pretrained() or a checkpoint file;
+   --model NAME the open_clip model, default ViT-B-16 with tag openai)
 """
 
 import time
 
-import torch
-from _common import normalize, parser, setup
+from _common import normalize, parser, run, setup
 from captum.attr import IntegratedGradients
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, viz
@@ -41,4 +43,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

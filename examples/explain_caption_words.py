@@ -1,11 +1,14 @@
 """Explain a caption's words: which words made CLIP match the caption with the image.
 
 Run offline on the shipped shapes model:   python examples/explain_caption_words.py
+  (on a photo of yours, which the tiny shapes model sees as shapes and colours: --image photo.jpg)
 With real weights (downloads them):        python examples/explain_caption_words.py --pretrained \
                                                --image dog_and_car.jpg --text "a dog in a car"
+  (--pretrained TAG picks the weights, a tag of open_clip.list_pretrained() or a checkpoint file;
+   --model NAME the open_clip model, default ViT-B-16 with tag openai)
 """
 
-from _common import normalize, parser, setup
+from _common import normalize, parser, run, setup
 
 from captum_gradeclip import GradECLIP, TextImageSimilarity, viz
 
@@ -36,4 +39,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

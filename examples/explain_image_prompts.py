@@ -1,12 +1,15 @@
 """Explain one image with several prompts: one Grad-ECLIP heat map per prompt, from ONE forward pass.
 
 Run offline on the shipped shapes model:   python examples/explain_image_prompts.py
+  (on a photo of yours, which the tiny shapes model sees as shapes and colours: --image photo.jpg)
 With real weights (downloads them):        python examples/explain_image_prompts.py --pretrained \
                                                --image dog_and_car.jpg --text "a dog" --text "a car"
+  (--pretrained TAG picks the weights, a tag of open_clip.list_pretrained() or a checkpoint file;
+   --model NAME the open_clip model, default ViT-B-16 with tag openai)
 """
 
 import torch
-from _common import normalize, parser, setup
+from _common import normalize, parser, run, setup
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, viz
 
@@ -29,4 +32,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -57,6 +57,8 @@ def test_explain_folder_model_size_image_only(scene_png, tmp_path):
     (["explain", "{png}", "--demo", "--text", "a", "--device", "cuda"], "CUDA"),
     (["explain", "{bad}", "--demo", "--text", "a"], "cannot read image"),
     (["explain", "{png}", "--demo", "--text", "a purple elephant"], "vocabulary"),
+    (["explain", "{png}", "--demo", "--text", "a", "--layers", "99"], "has 4 block(s); give --layers 1 to 4"),
+    (["explain", "{png}", "--demo", "--text", "a", "--explain", "text", "--layers", "5"], "text tower"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, capsys):
     import torch
@@ -126,6 +128,11 @@ def test_missing_hf_model_is_one_line(tmp_path, capsys):
     assert main(["explain", str(image), "--hf", str(tmp_path / "nothing"), "--text", "a",
                  "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no model folder" in err[0] and "save_pretrained" in err[0]
+    (tmp_path / "empty").mkdir()
+    assert main(["explain", str(image), "--hf", str(tmp_path / "empty"), "--text", "a",
+                 "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "could not load HuggingFace model" in err[0]
 
 
@@ -190,3 +197,106 @@ def test_bad_layer_rule_is_refused(scene_png, capsys):
     with pytest.raises(SystemExit) as err:
         main(["explain", str(scene_png), "--demo", "--text", "a red circle", "--layer-rule", "max"])
     assert err.value.code == 2 and "relu_then_sum" in capsys.readouterr().err
+
+
+def test_version(capsys):
+    from captum_gradeclip import __version__
+    with pytest.raises(SystemExit) as stop:
+        main(["--version"])
+    assert stop.value.code == 0 and capsys.readouterr().out.strip() == f"gradeclip {__version__}"
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["explain", "x.png", "--demo", "--hf", "org/name", "--text", "a"], "not allowed with argument"),
+    (["explain", "x.png", "--size", "huge"], "invalid choice"),
+    (["explain"], "required"),
+])
+def test_usage_errors_are_one_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(argv)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert stop.value.code == 2 and len(err) == 1 and message in err[0] and "--help" in err[0]
+
+
+def test_prompts_are_checked_before_the_progress_bar(scene_png, tmp_path, capsys):
+    import shutil
+    shutil.copy(scene_png, scene_png.parent / "second.png")  # two images: the bar would be shown
+    assert main(["explain", str(scene_png.parent), "--demo", "--text", "a dog", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown word" in err[0] and not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("argv, what", [
+    ([], "open_clip 'ViT-B-16' with pretrained='openai'"),  # the default model
+    (["--model", "ViT-B-16-SigLIP", "--pretrained", "none"], "the tokenizer of open_clip 'ViT-B-16-SigLIP'"),
+    (["--hf", "openai/clip-vit-base-patch16"], "HuggingFace model 'openai/clip-vit-base-patch16'"),
+])
+def test_failed_download_offline_is_one_line_with_the_offline_ways(argv, what, scene_png, tmp_path):
+    """A fresh process with HF_HUB_OFFLINE=1 and an empty cache: one line, exit 2, no traceback, no logging."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+    root = Path(__file__).resolve().parents[1]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), PYTHONPATH=str(root),
+               OMP_NUM_THREADS="1")
+    run = subprocess.run([sys.executable, "-m", "captum_gradeclip.cli", "explain", str(scene_png), "--text", "a dog",
+                          "--out", str(tmp_path / "o"), *argv], capture_output=True, text=True, env=env, timeout=300)
+    err = run.stderr.strip().splitlines()
+    assert run.returncode == 2 and len(err) == 1, run.stderr
+    assert err[0].startswith(f"gradeclip: error: could not load {what}: HF_HUB_OFFLINE is set")
+    assert "--demo" in err[0] and "--hf FOLDER" in err[0] and "docs/offline.md" in err[0]
+
+
+def test_native_size_on_a_resnet_tower_keeps_the_aspect_ratio():
+    """``--size native`` on a ModifiedResNet: sides rounded to the tower's stride (32), no centre crop."""
+    import open_clip
+    import torch
+    from PIL import Image as PILImage
+
+    from captum_gradeclip.cli import LoadedModel, explain_images, native_stride, prepare_image
+    torch.manual_seed(0)
+    model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=8, head_width=32),
+                           text_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=1)).eval()
+    ids = torch.tensor([[98, 5, 7, 99] + [0] * 8])
+    lm = LoadedModel(model=model, name="tiny RN", image_size=64, mean=(0.5,) * 3, std=(0.25,) * 3,
+                     tokenize=lambda texts: ids.repeat(len(texts), 1), token_strings=lambda t: [str(int(i)) for i in t])
+    assert native_stride(lm) == 32
+    photo = PILImage.fromarray((np.random.RandomState(0).rand(50, 90, 3) * 255).astype("uint8"))
+    img = prepare_image(photo, lm.image_size, native_stride(lm), "native")
+    assert img.shape == (3, 64, 128)  # shorter side 64; 90 * 64 / 50 = 115.2 -> 128, a multiple of 32
+    exp = explain_images(lm, img[None], ["x"], explain="image", layers=None, single_head=False, device="cpu")[0]
+    assert exp.image_maps.shape == (1, 2, 4) and np.isfinite(exp.image_maps).all()
+
+
+def test_open_clip_model_from_a_local_dir_folder(scene_png, tmp_path, capsys):
+    """``--model local-dir:FOLDER`` (open_clip_config.json + weights, the hub's layout) loads offline, weights
+    included; a folder without them is one line."""
+    import json
+
+    import open_clip
+    import torch
+    from safetensors.torch import save_file
+
+    from captum_gradeclip.cli import load_open_clip
+    cfg = dict(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=48, layers=2, head_width=24),
+               text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2))
+    torch.manual_seed(3)
+    saved = open_clip.CLIP(**cfg).eval()
+    folder = tmp_path / "tiny_clip"
+    folder.mkdir()
+    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": cfg, "preprocess_cfg": {"size": 32}}))
+    save_file({k: v.contiguous() for k, v in saved.state_dict().items()}, str(folder / "open_clip_model.safetensors"))
+    lm = load_open_clip(f"local-dir:{folder}", "openai", "cpu")  # `pretrained` does not apply to a folder
+    assert lm.image_size == 32 and lm.name == f"local-dir:{folder}"
+    loaded = lm.model.state_dict()
+    assert all(torch.equal(v, loaded[k]) for k, v in saved.state_dict().items())
+    assert lm.tokenize(["a dog"]).shape == (1, 16)  # open_clip's bundled BPE tokenizer: no download
+    out = tmp_path / "out"
+    model = ["--model", f"local-dir:{folder}"]
+    assert main(["explain", str(scene_png), *model, "--text", "a dog", "--out", str(out)]) == 0
+    assert np.load(out / "scene_maps.npz")["image_maps"].shape == (1, 6, 4)  # 64x96 on disk -> 32x48 px
+    (folder / "open_clip_model.safetensors").unlink()
+    assert main(["explain", str(scene_png), *model, "--text", "a", "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "no weights" in err[0]

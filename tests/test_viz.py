@@ -377,3 +377,51 @@ def test_to_captum_text_record() -> None:
 def test_save_figure_type_check(tmp_path) -> None:
     with pytest.raises(TypeError, match="Figure"):
         viz.save_figure("not a figure", tmp_path / "x.png")  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ normalised images
+CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+
+
+def _clip_normalise(img01):
+    return (img01 - torch.tensor(CLIP_MEAN).view(3, 1, 1)) / torch.tensor(CLIP_STD).view(3, 1, 1)
+
+
+def test_denormalize_inverts_the_model_normalisation():
+    img01 = torch.rand(3, 6, 9, generator=torch.Generator().manual_seed(0))
+    back = viz.denormalize(_clip_normalise(img01), CLIP_MEAN, CLIP_STD)
+    assert back.shape == (3, 6, 9) and torch.allclose(back, img01, atol=1e-6)
+    hwc = viz.denormalize(_clip_normalise(img01).permute(1, 2, 0).numpy(), CLIP_MEAN, CLIP_STD)
+    assert torch.allclose(hwc, img01.permute(1, 2, 0), atol=1e-6)
+    assert viz.denormalize(torch.zeros(1, 3, 2, 2), 0.5, 0.5).unique().tolist() == [0.5]  # one number per image
+
+
+def test_overlay_and_figures_take_a_normalised_image_with_its_mean_and_std():
+    img01 = torch.rand(3, 24, 40, generator=torch.Generator().manual_seed(1))
+    m = torch.rand(3, 5)
+    pixels = _clip_normalise(img01)
+    assert np.array_equal(viz.overlay(pixels, m, mean=CLIP_MEAN, std=CLIP_STD), viz.overlay(img01, m))
+    assert np.array_equal(viz.overlay(pixels[None], m, mean=CLIP_MEAN, std=CLIP_STD), viz.overlay(img01, m))
+    fig = viz.plot_image_maps(pixels, [m, m], titles=["a", "b"], mean=CLIP_MEAN, std=CLIP_STD)
+    shown = fig.axes[0].get_images()[0].get_array()
+    assert np.allclose(np.asarray(shown), img01.permute(1, 2, 0).numpy(), atol=1e-6)
+    _, img = viz.to_captum_image(m, pixels, mean=CLIP_MEAN, std=CLIP_STD)
+    assert np.allclose(img, img01.permute(1, 2, 0).numpy(), atol=1e-6)
+
+
+def test_normalised_image_errors_say_what_to_pass():
+    img01 = torch.rand(3, 8, 8)
+    with pytest.raises(ValueError, match="mean= and std="):
+        viz.overlay(_clip_normalise(img01), torch.rand(2, 2))  # the quickstart's mistake: a hint, not a crash
+    with pytest.raises(ValueError, match="both mean and std"):
+        viz.overlay(_clip_normalise(img01), torch.rand(2, 2), mean=CLIP_MEAN)
+    with pytest.raises(ValueError, match="not the mean and std"):
+        viz.overlay(_clip_normalise(img01) * 10, torch.rand(2, 2), mean=CLIP_MEAN, std=CLIP_STD)
+    with pytest.raises(ValueError, match="positive"):
+        viz.denormalize(img01, CLIP_MEAN, (0.2, 0.0, 0.2))
+    with pytest.raises(ValueError, match="3 finite numbers"):
+        viz.denormalize(img01, (0.5, 0.5), CLIP_STD)
+    with pytest.raises(TypeError, match="float tensor"):
+        viz.denormalize((img01 * 255).to(torch.uint8), CLIP_MEAN, CLIP_STD)
+    with pytest.raises(TypeError, match="drop mean and std"):
+        viz.overlay(Image.new("RGB", (8, 8)), torch.rand(2, 2), mean=CLIP_MEAN, std=CLIP_STD)

@@ -1,7 +1,8 @@
 """Synthetic data for testing and benchmarking explanations.
 
 :mod:`captum_gradeclip.data.shapes` generates coloured shapes on a noisy canvas
-with exact per-object masks and captions naming one object.
+with exact per-object masks and captions naming one object;
+:func:`describe_scene` describes a whole scene (every object, spatial relations, counts).
 
 Examples:
     >>> from captum_gradeclip.data import generate_scenes, class_names
@@ -11,15 +12,23 @@ Examples:
 """
 
 from .shapes import (
+    CAPTION_STYLES,
     COLORS,
     DEFAULT_TEMPLATE,
     PALETTE,
+    NUMBER_WORDS,
+    RELATIONS,
+    SCENE_WORDS,
     SHAPES,
     ShapesBatch,
     caption,
     class_index,
     class_names,
+    describe_scene,
     generate_scenes,
+    object_boxes,
+    relation,
+    scene_captions,
 )
 
 __all__ = [
@@ -32,4 +41,12 @@ __all__ = [
     "class_index",
     "class_names",
     "generate_scenes",
+    "CAPTION_STYLES",
+    "NUMBER_WORDS",
+    "RELATIONS",
+    "SCENE_WORDS",
+    "object_boxes",
+    "relation",
+    "describe_scene",
+    "scene_captions",
 ]

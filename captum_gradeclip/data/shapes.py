@@ -39,6 +39,14 @@ __all__ = [
     "class_names",
     "class_index",
     "generate_scenes",
+    "CAPTION_STYLES",
+    "NUMBER_WORDS",
+    "RELATIONS",
+    "SCENE_WORDS",
+    "object_boxes",
+    "relation",
+    "describe_scene",
+    "scene_captions",
 ]
 
 #: Colour names, in label order (``colors`` labels index into this tuple).
@@ -199,6 +207,11 @@ class ShapesBatch:
         n = self.masks.shape[0]
         dev = self.masks.device
         return self.masks[torch.arange(n, device=dev), self.target.to(dev)]
+
+    @property
+    def boxes(self) -> torch.Tensor:
+        """``(N, M, 4)`` float boxes ``(x0, y0, x1, y1)`` of every object in pixels (see :func:`object_boxes`)."""
+        return object_boxes(self.masks)
 
     @property
     def class_ids(self) -> torch.Tensor:
@@ -424,3 +437,175 @@ def generate_scenes(
         radii=radii,
     )
     return batch if torch.device(device).type == "cpu" else batch.to(device)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# Multi-object scene descriptions: object lists, spatial relations, counts
+# ----------------------------------------------------------------------------------------------------------
+
+#: Caption styles of :func:`describe_scene`: ``"single"`` names the target object (the caption of
+#: :func:`generate_scenes`), ``"list"`` names every object left to right, ``"relation"`` relates the target to
+#: another object, ``"count"`` counts the objects of each shape.
+CAPTION_STYLES: tuple[str, ...] = ("single", "list", "relation", "count")
+
+#: Number words of ``"count"`` captions, index = count - 1.
+NUMBER_WORDS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+#: Spatial relations of ``"relation"`` captions (``"<a> is <relation> <b>"``).
+RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
+
+_PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+#: Every word a caption of :func:`describe_scene` can contain (for word-level tokenizers, e.g.
+#: :class:`~captum_gradeclip.zoo.ShapesTokenizer`): function words, relation and number words, colours, shapes
+#: and plural shapes.
+SCENE_WORDS: tuple[str, ...] = (
+    ("a", "and", "is", "left", "right", "of", "above", "below")
+    + NUMBER_WORDS + COLORS + SHAPES + tuple(_PLURALS[s] for s in SHAPES)
+)
+
+
+def object_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """Tight bounding boxes of boolean object masks.
+
+    Args:
+        masks: ``(..., H, W)`` bool masks.
+
+    Returns:
+        ``(..., 4)`` float boxes ``(x0, y0, x1, y1)`` in pixels, end-exclusive (the box covers pixel columns
+        ``x0 .. x1 - 1`` and rows ``y0 .. y1 - 1``); ``nan`` for an empty mask.
+
+    Examples:
+        >>> m = torch.zeros(1, 6, 8, dtype=torch.bool)
+        >>> m[0, 1:3, 2:7] = True
+        >>> object_boxes(m).tolist()
+        [[2.0, 1.0, 7.0, 3.0]]
+    """
+    if masks.dim() < 2 or masks.dtype != torch.bool:
+        raise ValueError(f"masks must be bool (..., H, W), got {masks.dtype} of shape {tuple(masks.shape)}")
+    h, w = masks.shape[-2:]
+    cols, rows = masks.any(-2), masks.any(-1)  # (..., W), (..., H)
+    xs = torch.arange(w, device=masks.device, dtype=torch.float32)
+    ys = torch.arange(h, device=masks.device, dtype=torch.float32)
+    inf = torch.tensor(float("inf"), device=masks.device)
+    x0 = torch.where(cols, xs, inf).amin(-1)
+    x1 = torch.where(cols, xs, -inf).amax(-1) + 1
+    y0 = torch.where(rows, ys, inf).amin(-1)
+    y1 = torch.where(rows, ys, -inf).amax(-1) + 1
+    boxes = torch.stack([x0, y0, x1, y1], dim=-1)
+    return torch.where(torch.isfinite(boxes), boxes, torch.full_like(boxes, float("nan")))
+
+
+def relation(center_a: Sequence[float], center_b: Sequence[float]) -> str:
+    """The spatial relation of object ``a`` to object ``b`` along the axis where they differ most.
+
+    Args:
+        center_a: ``(x, y)`` centre of ``a`` in pixels (``y`` grows downwards).
+        center_b: ``(x, y)`` centre of ``b``.
+
+    Returns:
+        One of :data:`RELATIONS`: ``"left of"``/``"right of"`` when the horizontal distance is at least the
+        vertical one, else ``"above"``/``"below"``.
+
+    Examples:
+        >>> relation((10, 30), (50, 32))
+        'left of'
+        >>> relation((40, 60), (38, 10))
+        'below'
+    """
+    dx = float(center_b[0]) - float(center_a[0])
+    dy = float(center_b[1]) - float(center_a[1])
+    if abs(dx) >= abs(dy):
+        return "left of" if dx > 0 else "right of"
+    return "above" if dy > 0 else "below"
+
+
+def _objects_left_to_right(batch: ShapesBatch, i: int) -> list[int]:
+    k = int(batch.num_objects[i])
+    centers = batch.centers[i, :k].tolist()
+    return sorted(range(k), key=lambda m: (round(centers[m][0], 3), round(centers[m][1], 3)))
+
+
+def _name(batch: ShapesBatch, i: int, m: int) -> str:
+    return f"{COLORS[int(batch.colors[i, m])]} {SHAPES[int(batch.shapes[i, m])]}"
+
+
+def describe_scene(batch: ShapesBatch, index: int, style: str = "list", *, other: int | None = None) -> str:
+    """Describe one scene of a batch in words.
+
+    Styles (see :data:`CAPTION_STYLES`):
+
+    - ``"single"``: the scene's own caption (names the target object), e.g. ``"a red circle"``;
+    - ``"list"``: every object, left to right (ties: top to bottom), e.g.
+      ``"a red circle, a blue square and a green cross"``;
+    - ``"relation"``: the target object related to another one (``other``, default the next object left to
+      right after the target, wrapping), e.g. ``"a red circle is left of a blue square"``; a one-object scene
+      gives the ``"single"`` caption;
+    - ``"count"``: the number of objects of each shape, in :data:`SHAPES` order, e.g.
+      ``"two circles and one cross"``.
+
+    Args:
+        batch: A :class:`ShapesBatch` (on any device).
+        index: The scene's index in the batch.
+        style: One of :data:`CAPTION_STYLES`.
+        other: ``"relation"`` only: the slot of the second object (must differ from the target and be present).
+
+    Returns:
+        The caption; its words are in :data:`SCENE_WORDS` (commas aside).
+
+    Raises:
+        ValueError: For an unknown style, an index out of range, or a bad ``other`` slot.
+
+    Examples:
+        >>> b = generate_scenes(1, num_objects=3, seed=0, grid=2)
+        >>> describe_scene(b, 0, "list").count(" and ")
+        1
+        >>> describe_scene(b, 0, "count").split()[-1] in ("circle", "circles", "square", "squares", "triangle",
+        ...                                               "triangles", "cross", "crosses")
+        True
+    """
+    if style not in CAPTION_STYLES:
+        raise ValueError(f"unknown caption style {style!r}; expected one of {CAPTION_STYLES}")
+    if not isinstance(index, int) or not -len(batch) <= index < len(batch):
+        raise ValueError(f"index {index!r} is out of range for a batch of {len(batch)} scenes")
+    i = index % len(batch)
+    order = _objects_left_to_right(batch, i)
+    if style == "single":
+        return batch.captions[i]
+    if style == "list":
+        names = [f"a {_name(batch, i, m)}" for m in order]
+        return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    if style == "relation":
+        t = int(batch.target[i])
+        if len(order) == 1:
+            return f"a {_name(batch, i, t)}"
+        if other is None:
+            other = order[(order.index(t) + 1) % len(order)]
+        if not isinstance(other, int) or other == t or other not in order:
+            raise ValueError(f"other must be the slot of a present object other than the target {t}, got {other!r}")
+        rel = relation(batch.centers[i, t].tolist(), batch.centers[i, other].tolist())
+        return f"a {_name(batch, i, t)} is {rel} a {_name(batch, i, other)}"
+    counts = [0] * len(SHAPES)
+    for m in order:
+        counts[int(batch.shapes[i, m])] += 1
+    parts = [f"{NUMBER_WORDS[c - 1]} {SHAPES[s] if c == 1 else _PLURALS[SHAPES[s]]}"
+             for s, c in enumerate(counts) if c]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def scene_captions(batch: ShapesBatch, style: str = "list") -> list[str]:
+    """:func:`describe_scene` for every scene of a batch.
+
+    Args:
+        batch: A :class:`ShapesBatch`.
+        style: One of :data:`CAPTION_STYLES`.
+
+    Returns:
+        One caption per scene.
+
+    Examples:
+        >>> b = generate_scenes(3, seed=2)
+        >>> scene_captions(b, "single") == b.captions
+        True
+    """
+    return [describe_scene(batch, i, style) for i in range(len(batch))]
