@@ -21,12 +21,8 @@ def _hf_mask(tokens):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is several times faster on a shared, loaded CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_intra_op_thread):
+    """Tiny models: one intra-op thread (conftest.one_intra_op_thread) for every test of this module."""
 
 
 class Case:

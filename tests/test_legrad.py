@@ -15,11 +15,8 @@ ATOL, RTOL = 1e-5, 1e-4
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_intra_op_thread):
+    """Tiny models: one intra-op thread (conftest.one_intra_op_thread) for every test of this module."""
 
 
 def _hf_mask(tokens):
