@@ -1,4 +1,5 @@
 """Run the paper's analyses (captum_gradeclip.analysis) on the shipped shapes CLIPs; write JSON and figures.
+The multi-object pointing game and the binding analysis also run LeGrad (captum_gradeclip.baselines.LeGrad).
 
     PYTHONPATH=. python benchmarks/analyses.py --models open_clip,hf --n 100 --out docs/results/analyses \
         --figures docs/images
@@ -18,7 +19,9 @@ from typing import Any, Dict
 
 import torch
 
+from captum_gradeclip import ImageTextSimilarity
 from captum_gradeclip import analysis as A
+from captum_gradeclip.baselines import LeGrad
 from captum_gradeclip.analysis import plots
 from captum_gradeclip.analysis.shapes_world import (CONCRETENESS_ORDER, WORD_CLASSES, binding_scenes,
                                                     content_positions, template_captions, token_strings)
@@ -66,13 +69,18 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
 
     # 2. attribution identification: the pointing game as scenes get crowded
     pointing: Dict[str, A.PointingByCount] = {}
-    maps_by = {"last layer": [], "last 3 layers": []}
+    maps_by = {"last layer": [], "last 3 layers": [], "LeGrad, last layer": [], "LeGrad, last 3 layers": [],
+               "LeGrad, all layers": []}
     masks, counts = [], []
     for k in (1, 2, 3, 4):
         sc = generate_scenes(n, image_size=size, num_objects=k, seed=SEED + k)
         p, t = clip.normalize(sc.images), clip.tokenize(sc.captions)
         maps_by["last layer"].append(A.image_maps(clip.model, p, t, [-1])[0])
         maps_by["last 3 layers"].append(A.image_maps(clip.model, p, t, last3)[0])
+        scorer = ImageTextSimilarity(clip.model, t)  # caption i names an object of scene i
+        blocks = scorer.tower.token_blocks()
+        for name, chosen in (("last layer", blocks[-1:]), ("last 3 layers", blocks[-3:]), ("all layers", blocks)):
+            maps_by[f"LeGrad, {name}"].append(LeGrad(scorer, chosen).attribute(p, target=list(range(len(p)))))
         masks.append(sc.target_mask)
         counts.append(sc.num_objects)
     mask_all, count_all = torch.cat(masks), torch.cat(counts)
@@ -89,8 +97,10 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
     # 2b. binding: "a red square" vs the absent "a red circle" in a scene of a red square and a blue circle
     images, bmasks, objects = binding_scenes(n, image_size=size, seed=SEED + 7)
     binding = {}
-    for name, layers in (("last layer", [-1]), ("last 3 layers", last3)):
-        b = A.attribute_binding(clip.model, clip.normalize(images), bmasks, objects, clip.tokenize, layers=layers)
+    for name, layers, explainer in (("last layer", [-1], None), ("last 3 layers", last3, None),
+                                    ("LeGrad, last layer", [-1], LeGrad), ("LeGrad, last 3 layers", last3, LeGrad)):
+        b = A.attribute_binding(clip.model, clip.normalize(images), bmasks, objects, clip.tokenize, layers=layers,
+                                explainer=explainer)
         binding[name] = b
         out.setdefault("binding", {})[name] = {
             "binding_accuracy": _floats(b.binding_accuracy), "chance": round(1 / 6, 4),
@@ -123,6 +133,11 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
     out["_figures"] = {"profiles": {f"{kind} image": img_prof, f"{kind} text": txt_prof},
                        "pointing": pointing, "binding": binding, "words": words}
     return out
+
+
+def _in_figure(name: str) -> bool:
+    """The figures show Grad-ECLIP's results and LeGrad's over the last 3 layers (the JSON has every result)."""
+    return "LeGrad" not in name or "last 3 layers" in name
 
 
 def main(argv: Any = None) -> int:
@@ -161,8 +176,8 @@ def main(argv: Any = None) -> int:
     plt = plots._plt()
     for key, fig in (("profiles", plots.plot_layer_profiles(figures["profiles"])),
                      ("pointing", plots.plot_pointing_by_count(
-                         {k: v for k, v in figures["pointing"].items() if k.endswith("strict")})),
-                     ("binding", plots.plot_binding(figures["binding"])),
+                         {k: v for k, v in figures["pointing"].items() if k.endswith("strict") and _in_figure(k)})),
+                     ("binding", plots.plot_binding({k: v for k, v in figures["binding"].items() if _in_figure(k)})),
                      ("words", plots.plot_word_importance(figures["words"], WORD_CLASSES, CONCRETENESS_ORDER))):
         fig.savefig(fig_dir / names[key], dpi=110)
         plt.close(fig)

@@ -183,6 +183,12 @@ def write_markdown(rows: List[Dict[str, str]], path: str) -> None:
         "feature map's grid `(H/r, W/r)`, `r` the trunk's reduction (32, or 64 for MobileCLIP2-S3/S4); the "
         "attention baselines (rollout, GAME, ...) raise `UnsupportedModelError` for them, Captum's `LayerGradCam` "
         "explains their earlier stages on the same scorer.",
+        "- LeGrad (`captum_gradeclip.baselines.LeGrad`, image side) runs on every image tower with transformer "
+        "blocks in this table, at the same input sizes: class-token and average-pooled towers differentiate each "
+        "block's own attention, attention-pooled towers (CoCa, SigLIP / PE MAP heads) the pooler's attention applied "
+        "to each block's tokens; the attention baselines include the relative position biases of the relpos ViTs in "
+        "the probabilities they recompute. ResNet, ConvNeXt, FastViT and Swin towers raise `UnsupportedModelError` "
+        "for LeGrad (`tests/test_legrad.py`, slow sweep over every config).",
         "",
     ]
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)

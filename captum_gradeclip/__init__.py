@@ -2,8 +2,8 @@
 
 from . import data, metrics, viz, zoo
 from .adapters import SUPPORTED_MODELS, image_tower, text_tower
-from .baselines import (AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity, RawAttention, TokenGradCAM,
-                        patch_feature_mask, pool_to_grid)
+from .baselines import (AttentionRollout, GradientWeightedAttention, LeGrad, MaskCLIPSimilarity, RawAttention,
+                        TokenGradCAM, patch_feature_mask, pool_to_grid)
 from .errors import LayerNotExecutedError, UnsupportedModelError
 from .adapters.attention import register_attention_adapter
 from .grad_eclip import GradECLIP
@@ -17,6 +17,7 @@ __all__ = [
     "AttentionRollout",
     "GradECLIP",
     "GradientWeightedAttention",
+    "LeGrad",
     "MaskCLIPSimilarity",
     "RawAttention",
     "SUPPORTED_MODELS",

@@ -54,6 +54,15 @@ def make_tokens(lengths=(6, 9, 12), seed: int = 1) -> torch.Tensor:
     return tok
 
 
+@pytest.fixture(scope="module")
+def one_intra_op_thread():
+    """Tiny models: one intra-op thread is several times faster on a shared, loaded CPU; restored afterwards."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def oc_model():
     return make_open_clip()

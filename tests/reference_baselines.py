@@ -35,7 +35,8 @@ def _oc_block(b, x, mask, recs: List[Rec]):
     y = b.attn.out_proj(o)
     recs.append(dict(x_in=x, probs=probs, k=k, v=v, y=y))
     x = x + y
-    return x + b.mlp(b.ln_2(x))
+    recs[-1]["out"] = x + b.mlp(b.ln_2(x))
+    return recs[-1]["out"]
 
 
 def _hf_block(layer, x, mask, recs: List[Rec]):
@@ -46,7 +47,8 @@ def _hf_block(layer, x, mask, recs: List[Rec]):
     y = a.out_proj(o)
     recs.append(dict(x_in=x, probs=probs, k=k, v=v, y=y))
     x = x + y
-    return x + layer.mlp(layer.layer_norm2(x))
+    recs[-1]["out"] = x + layer.mlp(layer.layer_norm2(x))
+    return recs[-1]["out"]
 
 
 def open_clip_image(model, images) -> Tuple[torch.Tensor, List[Rec], torch.Tensor]:
@@ -168,3 +170,50 @@ def _maskclip_map(dense, text_features, target, keys):
     if keys is not None:
         sim = sim * F.cosine_similarity(keys[:, :1], keys, dim=-1)
     return F.relu(sim).detach()
+
+
+# ---------------------------------------------------------------------------------------------------------- LeGrad
+def _min_max(m):
+    low, high = m.min(-1, keepdim=True).values, m.max(-1, keepdim=True).values
+    return (m - low) / (high - low)
+
+
+def legrad(recs, head, fixed, target, layers=None, mean_tokens=False):
+    """LeGrad over the patch columns (1:) of blocks with a class token: for each layer, the layer's own output
+    through ``head`` (the class token, or the mean of all tokens), its cosine with the target's features, the
+    gradient w.r.t. THAT layer's probabilities, ReLU, mean over heads and rows; mean over layers; min-max."""
+    layers = list(range(len(recs))) if layers is None else list(layers)
+    maps = []
+    for i in layers:
+        out = recs[i]["out"]
+        emb = head(out.mean(1) if mean_tokens else out[:, 0])
+        (g,) = torch.autograd.grad(similarity(emb, fixed, target).sum(), [recs[i]["probs"]], retain_graph=True)
+        maps.append(g.clamp(min=0).mean(1).mean(1)[:, 1:])
+    return _min_max(torch.stack(maps).mean(0)).detach()
+
+
+def legrad_siglip_hf(model, pixel_values, fixed, target, layers=None):
+    """LeGrad of a HuggingFace SigLIP image tower: each layer's hidden states through post_layernorm and the MAP
+    head re-written by hand (probe attends to the tokens); gradient w.r.t. the head's probabilities."""
+    vm = model.vision_model
+    hidden = vm(pixel_values=pixel_values, output_hidden_states=True).hidden_states[1:]
+    head = vm.head
+    attn = head.attention
+    heads, width = attn.num_heads, attn.embed_dim
+    layers = list(range(len(hidden))) if layers is None else list(layers)
+    maps = []
+    for i in layers:
+        z = vm.post_layernorm(hidden[i].detach())
+        n = z.shape[0]
+        wq, wk, wv = attn.in_proj_weight.chunk(3)
+        bq, bk, bv = attn.in_proj_bias.chunk(3)
+        q = head.probe.expand(n, 1, width) @ wq.t() + bq
+        k, v = z @ wk.t() + bk, z @ wv.t() + bv
+        logits = _heads(q, heads) @ _heads(k, heads).transpose(-1, -2) / (width // heads) ** 0.5
+        probs = logits.softmax(-1)
+        o = (probs @ _heads(v, heads)).transpose(1, 2).reshape(n, 1, width)
+        y = attn.out_proj(o)
+        emb = (y + head.mlp(head.layernorm(y)))[:, 0]
+        (g,) = torch.autograd.grad(similarity(emb, fixed, target).sum(), [probs])
+        maps.append(g.clamp(min=0).mean(1).mean(1))
+    return _min_max(torch.stack(maps).mean(0)).detach()

@@ -170,6 +170,28 @@ def test_binding_on_the_shipped_model(clip):
                             ("red", "square"))], clip.tokenize)
 
 
+def test_binding_with_another_explainer(clip):
+    """``explainer`` swaps the maps (LeGrad here); the similarities, hence binding accuracy and gap, are the model's."""
+    from captum_gradeclip.baselines import LeGrad
+    images, masks, objects = binding_scenes(8, image_size=clip.image_size, seed=SEED)
+    px = clip.normalize(images)
+    ge = A.attribute_binding(clip.model, px, masks, objects, clip.tokenize, layers=[-3, -2, -1])
+    chosen = []
+
+    def legrad(scorer, blocks):
+        chosen.append(blocks)
+        return LeGrad(scorer, blocks)
+
+    lg = A.attribute_binding(clip.model, px, masks, objects, clip.tokenize, layers=[-3, -2, -1], explainer=legrad)
+    assert len(chosen) == 1 and chosen[0] == list(clip.model.visual.transformer.resblocks[-3:])
+    assert lg.binding_accuracy == ge.binding_accuracy and lg.similarity_gap == pytest.approx(ge.similarity_gap)
+    assert float(lg.true_energy.sum()) == pytest.approx(1.0, abs=1e-5)
+    assert not torch.allclose(lg.true_energy, ge.true_energy)
+    assert float(lg.true_energy[0]) > float(lg.true_energy[1])  # its own object over the other one
+    with pytest.raises(ValueError, match="single_head"):
+        A.attribute_binding(clip.model, px, masks, objects, clip.tokenize, single_head=True, explainer=legrad)
+
+
 def test_multi_object_pointing_beats_chance_at_every_count(clip):
     maps, masks, counts = [], [], []
     for k in (1, 2, 3, 4):

@@ -21,12 +21,8 @@ def _hf_mask(tokens):
 
 
 @pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is several times faster on a shared, loaded CPU; restored afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+def _one_thread(one_intra_op_thread):
+    """Tiny models: one intra-op thread (conftest.one_intra_op_thread) for every test of this module."""
 
 
 class Case:
@@ -175,7 +171,7 @@ def test_game_replacement_leaves_the_scorer_output_unchanged(case):
     with torch.no_grad():
         plain = case.scorer(case.x, *extra)
     torch.testing.assert_close(scores, plain, atol=1e-6, rtol=1e-6)
-    assert scores.requires_grad and all(r.extra["probe"].requires_grad for r in records)
+    assert scores.requires_grad and all(r.extra["probe"][0].requires_grad for r in records)
     assert _hook_count(case.model) == 0
 
 
@@ -376,3 +372,27 @@ def test_patch_feature_mask_and_captum_pixel_methods(oc_model, images, tokens):
     torch.testing.assert_close(grid[0, 0, 1, 2], saliency[0, :, 8:16, 16:24].abs().sum(0).mean())
     ig = IntegratedGradients(scorer).attribute(images, target=1, n_steps=4)
     assert pool_to_grid(ig, (4, 4)).shape == (2, 1, 4, 4)
+
+
+def test_relative_position_bias_enters_the_recomputed_attention():
+    """timm RelPosAttention adds a relative position bias to the logits: the attention baselines must recompute
+    softmax(q k^T scale + bias). Ground truth: the probabilities timm itself computes on its eager path (read at
+    its attention dropout, the identity in eval mode), on a copy of the model."""
+    import copy
+
+    from openclip_zoo import EMBED, build, native_image_size
+    model = build("vit_relpos_medium_patch16_cls_224")
+    eager = copy.deepcopy(model)
+    blocks = list(eager.visual.trunk.blocks)
+    seen = []
+    for b in blocks:
+        b.attn.fused_attn = False
+    handle = blocks[-1].attn.attn_drop.register_forward_hook(lambda m, a, out: seen.append(out.detach()))
+    x = torch.randn(2, 3, *native_image_size(model), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        eager.encode_image(x)
+    handle.remove()
+    scorer = ImageTextSimilarity(model, torch.randn(2, EMBED))
+    ours = RawAttention(scorer, model.visual.trunk.blocks[-1]).attribute(x)
+    expected = seen[0].mean(1)[:, 0, 1:]  # the class token's row, heads averaged, patch columns
+    torch.testing.assert_close(ours.reshape(2, -1), expected, atol=1e-5, rtol=1e-4)

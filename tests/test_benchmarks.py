@@ -99,3 +99,29 @@ def test_text_rules_script_measures_both_rules(tmp_path, capsys):
             {k: v for k, v in one[1].items() if k not in ("layer_rule", "ms per map")}
         empty = {rule: by[(4, single_head, rule)]["empty maps"] for rule in ("sum_then_relu", "relu_then_sum")}
         assert empty["relu_then_sum"] <= empty["sum_then_relu"]
+
+
+def test_legrad_cost_script_times_every_method(scripts, capsys):
+    import legrad_cost
+    result = legrad_cost.main(["--model", "ViT-S-32", "--image-size", "64", "--batch", "2", "--threads", "1",
+                               "--repeats", "1"])
+    names = [r["method"] for r in result["rows"]]
+    assert names[0] == "forward (no grad)" and len(names) == 8
+    assert {"LeGrad (last layer)", "LeGrad (all 12 layers)", "Grad-ECLIP (all 12 layers)"} <= set(names)
+    assert all(r["ms per map"] > 0 for r in result["rows"])
+    assert "| LeGrad (last 3 layers) |" in capsys.readouterr().out
+
+
+def test_analyses_script_runs_legrad_beside_grad_eclip(scripts, tmp_path):
+    import analyses
+    assert analyses.main(["--models", "open_clip", "--n", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip"]
+    pointing = res["multi_object_pointing"]
+    for name in ("last 3 layers", "LeGrad, last layer", "LeGrad, last 3 layers", "LeGrad, all layers"):
+        for label in ("strict", "tolerance"):
+            assert len(pointing[f"{name}, {label}"]["hit_rate"]) == 4
+    assert {"last layer", "LeGrad, last 3 layers"} <= set(res["binding"])
+    same = res["binding"]["last 3 layers"]["binding_accuracy"] == res["binding"]["LeGrad, last 3 layers"][
+        "binding_accuracy"]
+    assert same  # the model's similarities do not depend on the explainer
+    assert len(list(tmp_path.glob("*.png"))) == 4

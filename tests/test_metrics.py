@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 import captum_gradeclip.metrics as M
 from captum_gradeclip.metrics import (
+    STANDARD_TOLERANCE,
     auc,
     clip_word_mask,
     deletion_auc,
@@ -19,6 +20,7 @@ from captum_gradeclip.metrics import (
     insertion_auc,
     insertion_curve,
     pointing_game,
+    tolerance_pixels,
     tuple_output,
     word_deletion_auc,
     word_deletion_curve,
@@ -331,6 +333,31 @@ def test_pointing_game_hits_misses_and_disk_tolerance():
     assert pointing_game(maps, _mask()).tolist() == [False]
 
 
+def test_pointing_game_standard_tolerance_is_15_px_at_224():
+    assert STANDARD_TOLERANCE == pytest.approx(15 / 224)
+    assert tolerance_pixels("standard", (224, 224)) == pytest.approx(15.0)
+    assert tolerance_pixels("standard", (64, 64)) == pytest.approx(64 * 15 / 224)  # 4.29 px
+    assert tolerance_pixels("standard", (112, 224)) == pytest.approx(7.5)  # the shorter side
+    assert tolerance_pixels(3, (64, 64)) == 3.0
+    maps = torch.zeros(1, 1, 224, 224)
+    maps[0, 0, 100, 100] = 1.0
+    for dx, hit in ((15, True), (16, False)):
+        masks = torch.zeros(1, 224, 224, dtype=torch.bool)
+        masks[0, 100, 100 + dx:] = True
+        assert pointing_game(maps, masks, tolerance="standard").tolist() == [hit], dx
+        assert pointing_game(maps, masks).tolist() == [False]  # strict
+    # 64 px masks: 4.29 px; a mask 4 px away is hit, 5 px away is not
+    maps = torch.zeros(1, 64, 64)
+    maps[0, 30, 30] = 1.0
+    near, far = torch.zeros(1, 64, 64, dtype=torch.bool), torch.zeros(1, 64, 64, dtype=torch.bool)
+    near[0, 34, 30], far[0, 35, 30] = True, True
+    assert pointing_game(maps, near, tolerance="standard").tolist() == [True]
+    assert pointing_game(maps, far, tolerance="standard").tolist() == [False]
+    for bad in ("loose", -1, True, None):
+        with pytest.raises(ValueError, match="tolerance"):
+            pointing_game(maps, near, tolerance=bad)
+
+
 def test_pointing_game_uninformative_maps_miss_and_batch():
     full = torch.ones(3, 4, 4, dtype=torch.bool)
     maps = torch.stack([torch.zeros(2, 2), torch.full((2, 2), 0.7), torch.eye(2)])
@@ -568,7 +595,8 @@ def test_tuple_output_wrapper():
 def test_public_api():
     assert set(M.__all__) == {
         "auc", "clip_word_mask", "deletion_auc", "deletion_curve", "energy_pointing_game",
-        "expand_to_input", "insertion_auc", "insertion_curve", "pointing_game", "tuple_output",
+        "expand_to_input", "insertion_auc", "insertion_curve", "pointing_game", "tolerance_pixels",
+        "tuple_output",
         "word_deletion_auc", "word_deletion_curve", "word_insertion_auc", "word_insertion_curve",
     }
     for name in M.__all__:

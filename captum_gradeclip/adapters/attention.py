@@ -84,6 +84,12 @@ class AttentionAdapter(abc.ABC):
         (batch first, whatever layout the module itself uses); needed by :class:`~.base.RowTail`."""
         raise NotImplementedError(f"{type(self).__name__} cannot recompute q, k, v from one input")
 
+    def logit_bias(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        """An additive bias of the attention logits, broadcastable to ``(N, H, Lq, Lk)``, that the module applies
+        besides ``q k^T`` (a relative position bias), from the arguments it received; None (the default): none.
+        Used where attention probabilities are recomputed (the attention baselines)."""
+        return None
+
     def logits(self, q: Tensor, k: Tensor) -> Tensor:
         """Attention logits of the module (without mask), ``(N, H, Lq, Lk)``."""
         scale = self.scale if self.scale is not None else q.shape[-1] ** -0.5

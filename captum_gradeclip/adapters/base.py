@@ -223,6 +223,24 @@ class Tower(abc.ABC):
         """
         return None
 
+    def attention_pooler(self) -> Optional[nn.Module]:
+        """The attention pooler of the tower (a learned query attending to the last block's tokens: SigLIP's MAP
+        head, CoCa's attentional pooler), or None for towers pooled at a token or by averaging."""
+        return None
+
+    def token_blocks(self) -> List[nn.Module]:
+        """The blocks that map token sequences to token sequences: :meth:`blocks` without the attention pooler."""
+        pooler = self.attention_pooler()
+        return [b for b in self.blocks() if b is not pooler]
+
+    def token_head(self) -> Optional[Callable[..., Tensor]]:
+        """Optional: ``head(tokens, inputs, *extra) -> (N, E)``, the embedding of the output tokens ``(N, L, D)``
+        (batch first) of any block of :meth:`token_blocks`, computed as the tower embeds its last block's output
+        (final norm, pooling: class token, average or attention pooler, projection). The attention pooler is
+        called as a module, so hooks on its attention see every call. None: not available (LeGrad needs it).
+        """
+        return None
+
     def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
         """Optional fast path for causal towers pooled at one query token (the EOS token of CLIP text): the query
         row's path from the first block of ``attentions`` (the explained attention modules) to the embedding.

@@ -162,6 +162,17 @@ class HFCLIPVisionTower(Tower):
         out = self.vision(pixel_values=inputs, **self.forward_kwargs(inputs))
         return self.projection(self.pooled(out))
 
+    def token_head(self) -> Optional[Callable[..., Tensor]]:
+        post = getattr(self.vision, "post_layernorm", None)
+        if not isinstance(post, nn.Module):
+            return None
+        proj = self.projection
+
+        def head(tokens: Tensor, *unused: Any) -> Tensor:  # the class token, post_layernorm, the projection
+            return proj(post(tokens[:, 0]))
+
+        return head
+
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])
         return cls_image_layout(inputs.shape[0], grid, inputs.device)

@@ -57,6 +57,19 @@ class HFSiglipVisionTower(Tower):
             return self.head.attention
         return super().attention_of(block)
 
+    def attention_pooler(self) -> Optional[nn.Module]:
+        return self.head
+
+    def token_head(self) -> Optional[Callable[..., Tensor]]:
+        post = getattr(self.vision, "post_layernorm", None)
+        if not isinstance(post, nn.Module):
+            return None
+        return lambda tokens, inputs, *extra: self._head(post(tokens), inputs, *extra)
+
+    def _head(self, tokens: Tensor, inputs: Any, *extra: Any) -> Tensor:
+        """The attention-pooling head on normalised tokens (SigLIP 2 also passes its patch mask)."""
+        return self.head(tokens)
+
     def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:
         out = super().resolve(layers)
         for m in out:
@@ -171,6 +184,10 @@ class HFSiglip2VisionTower(HFSiglipVisionTower):
         if not bool((mask.bool() == expected).all()):
             raise ValueError(f"pixel_attention_mask must mark exactly the first h*w = {h * w} patches "
                              f"(spatial_shapes {h}x{w}) of every image")
+
+    def _head(self, tokens: Tensor, inputs: Any, *extra: Any) -> Tensor:
+        _, mask, _, _ = self._prepare(inputs, *extra)
+        return self.head(tokens, mask)
 
     def encode(self, inputs: Any, *extra: Any) -> Tensor:
         pv, mask, shapes, _ = self._prepare(inputs, *extra)

@@ -57,6 +57,9 @@ class PoolerOnlyMixin:
     pooler: Optional[nn.Module] = None
     family: str = ""
 
+    def attention_pooler(self) -> Optional[nn.Module]:
+        return self.pooler
+
     def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:  # type: ignore[override]
         pooler = self.pooler
         if pooler is not None:
@@ -151,12 +154,18 @@ class OpenClipVisionTower(PoolerOnlyMixin, Tower):
         return v.ln_pre(x)
 
     def encode(self, inputs: Any, *extra: Any) -> Tensor:
+        return self.embed_tokens(self.visual.transformer(self.tokens(inputs)))
+
+    def embed_tokens(self, tokens: Tensor, *unused: Any) -> Tensor:
+        """The embedding of the output tokens of any block (batch first): the model's own pooling, then ``proj``."""
         v = self.visual
-        x = v.transformer(self.tokens(inputs))
-        pooled, _ = v._pool(x)
+        pooled, _ = v._pool(tokens)
         if pooled.dim() == 3 and pooled.shape[1] == 1:  # the single query of attn_pool_contrastive
             pooled = pooled[:, 0]
         return pooled @ v.proj if v.proj is not None else pooled
+
+    def token_head(self) -> Optional[Callable[..., Tensor]]:
+        return self.embed_tokens
 
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])

@@ -13,7 +13,7 @@ bands, then the model's blocks, norm and head.
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -79,6 +79,15 @@ class TimmAttentionAdapter(AttentionAdapter):
             k = k.repeat_interleave(h // kv_heads, dim=1)
             v = v.repeat_interleave(h // kv_heads, dim=1)
         return q, k, v
+
+    def logit_bias(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Optional[Tensor]:
+        """``RelPosAttention``'s relative position bias: its own ``rel_pos`` table, or the ``shared_rel_pos`` that
+        the model passes to every block."""
+        rel_pos = getattr(self.module, "rel_pos", None)
+        if rel_pos is not None:
+            return rel_pos.get_bias()
+        shared = kwargs.get("shared_rel_pos")
+        return shared if isinstance(shared, Tensor) else None
 
     def project(self, o: Tensor) -> Tensor:
         m = self.module
@@ -432,8 +441,15 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
         else:
             for blk in t.blocks:
                 x = blk(x, rope=rope)
-        x = t.norm(x)
-        return self.visual.head(t.forward_head(x))
+        return self.embed_tokens(x)
+
+    def embed_tokens(self, tokens: Tensor, *unused: Any) -> Tensor:
+        """The embedding of the output tokens of any block: the trunk's final norm and head, then open_clip's."""
+        t = self.trunk
+        return self.visual.head(t.forward_head(t.norm(tokens)))
+
+    def token_head(self) -> Optional[Callable[..., Tensor]]:
+        return self.embed_tokens
 
     def _tokens(self, images: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """Tokens entering ``norm_pre`` and the rotary embedding for the image's grid (other sizes)."""

@@ -114,7 +114,9 @@ class Binding:
 
 def attribute_binding(model: nn.Module, images: Tensor, masks: Tensor, objects: Sequence[Tuple[Tuple[str, str],
                       Tuple[str, str]]], tokenize: Callable[[List[str]], Any], *, template: str = "a {} {}",
-                      layers: LayerChoice = None, single_head: bool = False) -> Binding:
+                      layers: LayerChoice = None, single_head: bool = False,
+                      explainer: Optional[Callable[[ImageTextSimilarity, Optional[List[nn.Module]]], Any]] = None
+                      ) -> Binding:
     """Does the model bind attributes to objects, and do the maps show it?
 
     Args:
@@ -126,7 +128,10 @@ def attribute_binding(model: nn.Module, images: Tensor, masks: Tensor, objects: 
         tokenize: texts -> the model's token input (ids, or a HuggingFace dict).
         template: prompt template with two fields (attribute, noun).
         layers: explained image blocks (modules or indices; default GradECLIP's default).
-        single_head: reproduce the authors' code.
+        single_head: reproduce the authors' code (Grad-ECLIP only).
+        explainer: ``explainer(scorer, blocks)`` -> an attribution whose ``attribute(images, target=...)`` gives
+            ``(N, 1, h, w)`` maps, e.g. ``captum_gradeclip.baselines.LeGrad`` (``blocks``: the chosen blocks, None
+            for the explainer's default). Default: Grad-ECLIP.
 
     Returns:
         A :class:`Binding`.
@@ -148,7 +153,13 @@ def attribute_binding(model: nn.Module, images: Tensor, masks: Tensor, objects: 
     prompts = sorted({p for ps in roles.values() for p in ps})
     column: Dict[str, int] = {p: i for i, p in enumerate(prompts)}
     scorer = ImageTextSimilarity(model, tokenize(prompts))
-    explainer = GradECLIP(scorer, _blocks(scorer, layers), single_head=single_head)
+    if explainer is None:
+        method = GradECLIP(scorer, _blocks(scorer, layers), single_head=single_head)
+    elif single_head:
+        raise ValueError("single_head=True reproduces the authors' Grad-ECLIP code; it does not apply to another "
+                         "explainer")
+    else:
+        method = explainer(scorer, _blocks(scorer, layers))
     with torch.no_grad():
         sims = scorer(images).cpu()
     rows = torch.arange(n)
@@ -160,7 +171,7 @@ def attribute_binding(model: nn.Module, images: Tensor, masks: Tensor, objects: 
     mask_a, mask_b = masks[:, 0], masks[:, 1]
 
     def split(role: str, first: Tensor, second: Tensor) -> Tensor:
-        maps = explainer.attribute(images, target=col[role].tolist())
+        maps = method.attribute(images, target=col[role].tolist())
         e1 = energy_pointing_game(maps, first).cpu()
         e2 = energy_pointing_game(maps, second).cpu()
         return torch.stack([e1, e2, 1 - e1 - e2], 1)

@@ -9,8 +9,9 @@ recomputation is checked against the module's own output.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
 
 import torch
 from captum._utils.common import _format_additional_forward_args
@@ -97,12 +98,9 @@ def probe_gradients(scores: Tensor, target: TargetType, probes: Sequence[Tensor]
 
 
 # -------------------------------------------------------------------------------------------------------- hooks
-def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
-    """Run the scorer once under ``no_grad`` with the given hooks; every hook is removed, even on error.
-
-    Hooks that need a graph call ``torch.set_grad_enabled(True)`` themselves: the graph then starts at the
-    first hooked layer, and the surrounding ``no_grad`` restores the caller's grad mode on exit.
-    """
+@contextmanager
+def hooked(hooks: Sequence[Hook]) -> Iterator[None]:
+    """Register the given hooks for the duration of a ``with`` block; every hook is removed, even on error."""
     handles = []
     try:
         for module, kind, fn in hooks:
@@ -111,11 +109,20 @@ def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], h
                 handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
             else:
                 handles.append(module.register_forward_hook(fn, with_kwargs=True))
-        with torch.no_grad():
-            return forward_func(inputs, *extra)
+        yield
     finally:
         for h in handles:
             h.remove()
+
+
+def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
+    """Run the scorer once under ``no_grad`` with the given hooks; every hook is removed, even on error.
+
+    Hooks that need a graph call ``torch.set_grad_enabled(True)`` themselves: the graph then starts at the
+    first hooked layer, and the surrounding ``no_grad`` restores the caller's grad mode on exit.
+    """
+    with hooked(hooks), torch.no_grad():
+        return forward_func(inputs, *extra)
 
 
 def first_tensor_position(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[str, Any]:
@@ -183,9 +190,13 @@ def last_layer_first(records: Sequence[AttentionRecord]) -> List[AttentionRecord
 
 
 # ------------------------------------------------------------------------------------------------- attention
-def attention_probs(adapter: AttentionAdapter, q: Tensor, k: Tensor, allowed: Optional[Tensor]) -> Tensor:
-    """Softmax attention ``(N, H, L, L)`` recomputed from q and k: ``softmax(logits + mask)``."""
+def attention_probs(adapter: AttentionAdapter, q: Tensor, k: Tensor, allowed: Optional[Tensor],
+                    bias: Optional[Tensor] = None) -> Tensor:
+    """Softmax attention ``(N, H, L, L)`` recomputed from q and k: ``softmax(logits + bias + mask)`` (``bias``: the
+    adapter's :meth:`~captum_gradeclip.adapters.attention.AttentionAdapter.logit_bias`)."""
     logits = adapter.logits(q, k)
+    if bias is not None:
+        logits = logits + bias.to(logits.dtype)
     if allowed is not None:
         logits = logits.masked_fill(~allowed[:, None].to(logits.device), float("-inf"))
     return logits.softmax(dim=-1)
@@ -216,11 +227,39 @@ def check_recomputed(y_new: Tensor, y_old: Tensor, rows: Tensor, module: nn.Modu
             "or does it use an attention mask or variant that the adapter does not know?")
 
 
+def probe_attention(allowed: Optional[Tensor], rows: Callable[[Tensor], Tensor]) -> HookBody:
+    """Hook body that puts the attention probabilities of a module into the graph, with a zero probe added.
+
+    The module's output is replaced by ``y = project((A + probe) v)`` with ``A = softmax(q k^T scale + mask)``
+    recomputed from the module's own inputs (``allowed``: the boolean mask, broadcastable to ``(N, Lq, Lk)``).
+    ``rows(y)`` is the ``(N, Lq)`` boolean mask of the query rows checked against the module's own output and
+    replaced; the other rows keep the module's output. The record's ``extra`` holds ``probs`` (detached) and
+    ``probe`` (the gradient w.r.t. it is the gradient w.r.t. ``A``), appended to lists when the module runs
+    several times. Grad mode is switched on (``run_hooked``'s ``no_grad`` restores it).
+    """
+    def body(rec: AttentionRecord, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
+             output: Any) -> Any:
+        adapter = rec.adapter
+        torch.set_grad_enabled(True)
+        y_old = adapter.output_tensor(output)
+        q, k, v = adapter.qkv(args, kwargs)
+        probs = attention_probs(adapter, q, k, allowed, adapter.logit_bias(args, kwargs))
+        probe = torch.zeros_like(probs, requires_grad=True)
+        y_new = output_from_probs(adapter, probs + probe, v).to(y_old.dtype)
+        live = rows(y_new).to(y_new.device)
+        check_recomputed(y_new, y_old, live, module)
+        rec.extra.setdefault("probs", []).append(probs.detach())
+        rec.extra.setdefault("probe", []).append(probe)
+        return adapter.replace_output(output, torch.where(live[..., None], y_new, y_old.detach()))
+
+    return body
+
+
 def recorded_attention(rec: AttentionRecord, layout: TokenLayout, check: bool = True) -> Tuple[Tensor, Tensor]:
     """Attention probabilities ``(N, H, L, L)`` and values ``(N, H, L, d)`` of a recorded module, float32."""
     with torch.no_grad():
         q, k, v = rec.adapter.qkv(rec.args, rec.kwargs)
-        probs = attention_probs(rec.adapter, q, k, layout.allowed)
+        probs = attention_probs(rec.adapter, q, k, layout.allowed, rec.adapter.logit_bias(rec.args, rec.kwargs))
         if check and rec.output is not None:
             y = output_from_probs(rec.adapter, probs, v)
             check_recomputed(y, rec.output, live_rows(layout, y.shape[0], y.shape[1]), rec.adapter.module)

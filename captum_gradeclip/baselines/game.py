@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
 
 import torch
 from captum._utils.typing import TargetType
 from captum.log import log_usage
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..adapters.base import TokenLayout
-from ._common import AttentionRecord, LayerSpec, TokenAttribution, attention_forward, attention_probs, \
-    check_recomputed, explained_blocks, last_layer_first, live_rows, output_from_probs, probe_gradients, query_row
+from ._common import AttentionRecord, LayerSpec, TokenAttribution, attention_forward, explained_blocks, \
+    last_layer_first, live_rows, probe_attention, probe_gradients, query_row
 
 
 class GradientWeightedAttention(TokenAttribution):
@@ -81,31 +81,18 @@ class GradientWeightedAttention(TokenAttribution):
     def _forward(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout
                  ) -> Tuple[Tensor, List[AttentionRecord]]:
         """The scorer's output with A in the graph of every explained layer (records hold A and the probe)."""
-        def probed(rec: AttentionRecord, module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any],
-                   output: Any) -> Any:
-            adapter = rec.adapter
-            torch.set_grad_enabled(True)  # restored when run_hooked's no_grad() exits
-            y_old = adapter.output_tensor(output)
-            q, k, v = adapter.qkv(args, kwargs)
-            probs = attention_probs(adapter, q, k, layout.allowed)
-            probe = torch.zeros_like(probs, requires_grad=True)
-            y_new = output_from_probs(adapter, probs + probe, v).to(y_old.dtype)
-            rows = live_rows(layout, y_new.shape[0], y_new.shape[1]).to(y_new.device)
-            check_recomputed(y_new, y_old, rows, module)
-            rec.extra["probs"], rec.extra["probe"] = probs.detach(), probe
-            return adapter.replace_output(output, torch.where(rows[..., None], y_new, y_old.detach()))
-
+        probed = probe_attention(layout.allowed, lambda y: live_rows(layout, y.shape[0], y.shape[1]))
         return attention_forward(self.forward_func, inputs, extra, self.attention_modules, probed)
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:
         scores, records = self._forward(inputs, extra, layout)
-        grads = probe_gradients(scores, target, [r.extra["probe"] for r in records])
+        grads = probe_gradients(scores, target, [r.extra["probe"][0] for r in records])
         for rec, grad in zip(records, grads):
             rec.extra["grad"] = grad
 
         def relevance() -> Iterator[Tensor]:
             for rec in last_layer_first(records):
-                yield (rec.extra["grad"] * rec.extra["probs"].float()).clamp(min=0).mean(dim=1)  # (N, L, L)
+                yield (rec.extra["grad"] * rec.extra["probs"][0].float()).clamp(min=0).mean(dim=1)  # (N, L, L)
 
         return query_row(layout, relevance(), residual=True)

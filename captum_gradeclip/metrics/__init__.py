@@ -6,7 +6,8 @@ Faithfulness (image): :func:`deletion_curve`, :func:`insertion_curve`,
 Faithfulness (text): :func:`word_deletion_curve`, :func:`word_insertion_curve`,
 :func:`word_deletion_auc`, :func:`word_insertion_auc`, :func:`clip_word_mask`.
 
-Localization: :func:`pointing_game`, :func:`energy_pointing_game`.
+Localization: :func:`pointing_game` (strict, or the literature's tolerance of 15 px at 224 px with
+``tolerance="standard"``), :func:`energy_pointing_game`.
 
 Captum interop: :func:`expand_to_input` (for ``captum.metrics.infidelity``) and
 :func:`tuple_output` (for ``captum.metrics.sensitivity_max``).
@@ -17,7 +18,7 @@ ids ``(N, L)``); ``target`` picks the column as in Captum.
 """
 
 from ._captum import expand_to_input, tuple_output
-from ._localization import energy_pointing_game, pointing_game
+from ._localization import STANDARD_TOLERANCE, energy_pointing_game, pointing_game, tolerance_pixels
 from ._perturbation import auc, deletion_auc, deletion_curve, insertion_auc, insertion_curve
 from ._text import (
     clip_word_mask,
@@ -37,6 +38,7 @@ __all__ = [
     "insertion_auc",
     "insertion_curve",
     "pointing_game",
+    "tolerance_pixels",
     "tuple_output",
     "word_deletion_auc",
     "word_deletion_curve",

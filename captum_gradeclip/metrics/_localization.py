@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import numbers
-from typing import Tuple
+from typing import Tuple, Union
 
 import torch
 from torch import Tensor
@@ -52,7 +52,43 @@ def _maps_at_mask_size(maps: Tensor, masks: Tensor) -> Tuple[Tensor, Tensor]:
     return up, masks
 
 
-def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0) -> Tensor:
+#: The pointing game's tolerance in the literature (Zhang et al., "Top-down Neural Attention by Excitation
+#: Backprop", ECCV 2016, and the CAM / CLIP explainability papers after it): 15 pixels at 224 pixels, as a
+#: fraction of the image's shorter side (about 6.7 %).
+STANDARD_TOLERANCE = 15 / 224
+
+
+def tolerance_pixels(tolerance: Union[float, str], size: Tuple[int, int]) -> float:
+    """The pointing game's tolerance in pixels for masks of a given size.
+
+    Args:
+        tolerance (float or str): a number of pixels >= 0, or ``"standard"``: :data:`STANDARD_TOLERANCE` of the
+            shorter side (15 px at 224 px, 4.3 px at 64 px).
+        size (tuple of int): ``(H, W)`` of the masks.
+
+    Returns:
+        float: the disk radius in pixels.
+
+    Raises:
+        ValueError: for anything but a number >= 0 or ``"standard"``.
+
+    Examples::
+
+        >>> tolerance_pixels("standard", (224, 224))
+        15.0
+        >>> round(tolerance_pixels("standard", (64, 96)), 2)
+        4.29
+    """
+    if isinstance(tolerance, str):
+        if tolerance != "standard":
+            raise ValueError(f"`tolerance` must be a number of pixels >= 0 or 'standard', got {tolerance!r}.")
+        return STANDARD_TOLERANCE * min(size)
+    if isinstance(tolerance, bool) or not isinstance(tolerance, numbers.Real) or not tolerance >= 0:
+        raise ValueError(f"`tolerance` must be a number >= 0 (pixels) or 'standard', got {tolerance!r}.")
+    return float(tolerance)
+
+
+def pointing_game(maps: Tensor, masks: Tensor, tolerance: Union[float, str] = 0) -> Tensor:
     r"""Pointing game: is the map's maximum inside the object mask?
 
     Each map is upsampled (bilinear, ``align_corners=False``) to the mask size
@@ -60,16 +96,19 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0) -> Tensor:
     one in row-major order is used (``torch.argmax``). The example is a hit if
     that pixel is within Euclidean distance ``tolerance`` of a mask pixel,
     i.e. inside the mask dilated by a **disk** of radius ``tolerance`` pixels
-    (``tolerance=0``: the pixel itself must be in the mask). Maps whose values
-    are all equal (including all-zero maps) do not point anywhere and count
-    as a **miss**; an empty mask is always a miss.
+    (``tolerance=0``: the pixel itself must be in the mask, the strict hit).
+    ``tolerance="standard"`` is the literature's tolerance, 15 pixels at 224
+    (:data:`STANDARD_TOLERANCE` times the masks' shorter side), so that numbers
+    compare with published ones. Maps whose values are all equal (including
+    all-zero maps) do not point anywhere and count as a **miss**; an empty mask
+    is always a miss.
 
     Args:
         maps (Tensor): ``(N, 1, h, w)`` or ``(N, h, w)`` maps on any grid.
         masks (Tensor): ``(N, H, W)`` or ``(N, 1, H, W)`` bool masks (numeric
             0/1 masks are accepted).
-        tolerance (float, optional): Disk radius in mask pixels, >= 0.
-            Default: 0
+        tolerance (float or str, optional): Disk radius in mask pixels, >= 0,
+            or ``"standard"`` (15 px at 224 px). Default: 0 (strict)
 
     Returns:
         Tensor: ``(N,)`` bool, True for a hit. ``.float().mean()`` gives the
@@ -77,7 +116,7 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0) -> Tensor:
 
     Raises:
         ValueError: Shape mismatch between maps and masks, non-finite maps,
-            non-0/1 masks, or a negative ``tolerance``.
+            non-0/1 masks, or a negative or unknown ``tolerance``.
         TypeError: Arguments of an unsupported type.
 
     Examples::
@@ -88,15 +127,13 @@ def pointing_game(maps: Tensor, masks: Tensor, tolerance: float = 0) -> Tensor:
         >>> masks[0, :2, 2:] = True  # top-right quadrant
         >>> pointing_game(maps, masks)
         tensor([True])
+        >>> pointing_game(maps, masks, tolerance="standard")  # 15 px at 224 px
+        tensor([True])
     """
-    if (
-        isinstance(tolerance, bool)
-        or not isinstance(tolerance, numbers.Real)
-        or not tolerance >= 0
-    ):
-        raise ValueError(f"`tolerance` must be a number >= 0 (pixels), got {tolerance!r}.")
+    tolerance_pixels(tolerance, (1, 1))  # a clear error before the maps and masks are read
     up, masks = _maps_at_mask_size(maps, masks)
     n, h, w = masks.shape
+    tolerance = tolerance_pixels(tolerance, (h, w))
     flat_maps = as_spatial_maps(maps, n).flatten(1)
     informative = flat_maps.amax(1) > flat_maps.amin(1)
     idx = up.flatten(1).argmax(1)
