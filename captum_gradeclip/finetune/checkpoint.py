@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
 import warnings
 from dataclasses import dataclass
@@ -37,6 +36,8 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 
 import torch
 from torch import Tensor, nn
+
+from ..atomic_files import atomic_write
 
 __all__ = ["CheckpointError", "Checkpoint", "save_checkpoint", "load_checkpoint", "latest_checkpoint",
            "list_checkpoints"]
@@ -92,26 +93,6 @@ def _sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable
-        fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-    except OSError:  # pragma: no cover - directories cannot be opened on some platforms
-        pass
 
 
 def _flatten_optimizer(state: Dict[str, Any]) -> Tuple[Dict[str, Tensor], Dict[str, Any]]:
@@ -179,9 +160,9 @@ def save_checkpoint(directory: Union[str, Path], step: int, model: nn.Module,
         tensors.update(opt_tensors)
     json.dumps(meta)  # raises here, before anything is written, if extra is not JSON-serialisable
     tensor_path, json_path = checkpoint_paths(directory, step)
-    _atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write(tensor_path, lambda tmp: save_file(tensors, str(tmp)))
     meta["tensors"] = {"file": tensor_path.name, "bytes": tensor_path.stat().st_size, "sha256": _sha256(tensor_path)}
-    _atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
+    atomic_write(json_path, lambda tmp: tmp.write_text(json.dumps(meta, indent=1)))
     for old in list_checkpoints(directory)[:-keep]:
         for p in checkpoint_paths(directory, old):
             if p.exists():

@@ -18,7 +18,7 @@ ids ``(N, L)``); ``target`` picks the column as in Captum.
 """
 
 from ._captum import expand_to_input, tuple_output
-from ._localization import STANDARD_TOLERANCE, energy_pointing_game, pointing_game, tolerance_pixels
+from ._localization import STANDARD_TOLERANCE, energy_pointing_game, pointing_game, tolerance_pixels  # noqa: F401
 from ._perturbation import auc, deletion_auc, deletion_curve, insertion_auc, insertion_curve
 from ._text import (
     clip_word_mask,

@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import re
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..atomic_files import atomic_write
 from .sources import Item
 
 MANIFEST = "manifest.json"
@@ -63,32 +62,6 @@ def plan_shards(items: Sequence[Item], images_per_file: int) -> List[Shard]:
                                             for it in chunk]).encode("utf-8")).hexdigest()[:16]
         shards.append(Shard(index=index, items=chunk, fingerprint=digest))
     return shards
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write(tmp)`` on a temporary file beside ``path``, flush it to disk, then rename it to ``path``: a
-    crash leaves either the old file or the new one, never a partial one (the temporary file starts with a dot,
-    which pyarrow and pandas skip when reading a folder)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}-{uuid.uuid4().hex[:12]}.tmp"  # unique per writer
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-    try:  # make the rename itself durable (not supported on every platform)
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
 
 
 def part_schema(word_maps: bool) -> Any:
