@@ -262,3 +262,61 @@ def test_example_runs_offline():
                          text=True, timeout=300, cwd=root, env={**__import__("os").environ, "PYTHONPATH": str(root)})
     assert out.returncode == 0, out.stderr
     assert "Spearman rho" in out.stdout and "word maps are all zero" in out.stdout
+
+
+# ----------------------------------------------------------------------------------------- relations
+@pytest.fixture(scope="module")
+def relation_setup(clip):
+    """The shipped open_clip model with the relation words added (untrained rows: the analysis is generic)."""
+    from captum_gradeclip.analysis.shapes_world import relation_scenes
+    from captum_gradeclip.data import SCENE_WORDS
+    from captum_gradeclip.finetune.vocabulary import extend_shapes_clip
+    wide = extend_shapes_clip(clip, SCENE_WORDS, context_length=12)
+    images, masks, objects, relations = relation_scenes(8, image_size=wide.image_size, seed=SEED)
+    return wide, wide.normalize(images), masks, objects, relations
+
+
+def test_relation_swap_recomputed_by_hand(relation_setup):
+    wide, px, masks, objects, relations = relation_setup
+    r = A.relation_swap(wide.model, px, masks, objects, relations, wide.tokenize, layers=[-1])
+    with torch.no_grad():
+        f_img = torch.nn.functional.normalize(wide.model.encode_image(px), dim=-1)
+        true = [f"a {a} is {rel} a {b}" for (a, b), rel in zip(objects, relations)]
+        swap = [f"a {b} is {rel} a {a}" for (a, b), rel in zip(objects, relations)]
+        d = (f_img * wide.encode_texts(true)).sum(1) - (f_img * wide.encode_texts(swap)).sum(1)
+    assert r.n == 8
+    assert r.similarity_diff == pytest.approx(float(d.mean()), abs=1e-5)
+    assert r.accuracy == pytest.approx(float((d > 0).float().mean()))
+    for rel, acc in r.accuracy_by_relation.items():
+        sel = torch.tensor([x == rel for x in relations])
+        assert acc == pytest.approx(float((d[sel] > 0).float().mean()))
+    # the true caption's map, explained directly with Grad-ECLIP on the last block
+    scorer = ImageTextSimilarity(wide.model, wide.tokenize(true))
+    maps = GradECLIP(scorer, [wide.model.visual.transformer.resblocks[-1]]).attribute(px, target=list(range(8)))
+    ea, eb = energy_pointing_game(maps, masks[:, 0]), energy_pointing_game(maps, masks[:, 1])
+    assert r.true_energy.tolist() == pytest.approx([float(ea.mean()), float(eb.mean()),
+                                                    float((1 - ea - eb).mean())], abs=1e-5)
+
+
+def test_relation_swap_is_antisymmetric(relation_setup):
+    """Naming the objects the other way round swaps the true and the swapped caption: the accuracy becomes its
+    complement, the difference changes sign, and the energies trade places (A <-> B)."""
+    wide, px, masks, objects, relations = relation_setup
+    r = A.relation_swap(wide.model, px, masks, objects, relations, wide.tokenize, layers=[-1])
+    back = A.relation_swap(wide.model, px, masks.flip(1), [(b, a) for a, b in objects], relations, wide.tokenize,
+                           layers=[-1])
+    assert back.similarity_diff == pytest.approx(-r.similarity_diff, abs=1e-6)
+    assert back.accuracy == pytest.approx(1 - r.accuracy)  # no ties among 8 float similarities
+    assert back.true_energy.tolist() == pytest.approx(r.swapped_energy[[1, 0, 2]].tolist(), abs=1e-5)
+    assert back.swapped_energy.tolist() == pytest.approx(r.true_energy[[1, 0, 2]].tolist(), abs=1e-5)
+    assert float(r.true_energy.sum()) == pytest.approx(1.0, abs=1e-5)
+
+
+def test_relation_swap_refuses_bad_input(relation_setup):
+    wide, px, masks, objects, relations = relation_setup
+    with pytest.raises(ValueError, match="same N"):
+        A.relation_swap(wide.model, px, masks, objects[:3], relations, wide.tokenize)
+    with pytest.raises(ValueError, match="different names"):
+        A.relation_swap(wide.model, px[:1], masks[:1], [("red circle", "red circle")], ["above"], wide.tokenize)
+    with pytest.raises(ValueError, match="three"):
+        A.relation_swap(wide.model, px, masks, objects, relations, wide.tokenize, template="a {} {}")
