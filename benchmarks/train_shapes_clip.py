@@ -90,7 +90,8 @@ RICH_STYLES = (("single", 0.35), ("list", 0.25), ("relation", 0.3), ("count", 0.
 #: ``--captions rich``: the vocabulary (the default words, the scene words, the prefix words).
 RICH_WORDS: tuple[str, ...] = tuple(dict.fromkeys(
     DEFAULT_WORDS + SCENE_WORDS + tuple(w for p in RICH_PREFIXES for w in p.split())))
-#: ``--captions rich``: tokens of the longest caption (prefix of 4 words + 4 listed objects) plus sot and eot.
+#: ``--captions rich``: context length; the longest caption (a prefix of 4 words + 4 listed objects, 17 words)
+#: takes 19 tokens with sot and eot.
 RICH_CONTEXT_LENGTH = 20
 
 

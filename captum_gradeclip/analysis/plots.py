@@ -99,32 +99,33 @@ def plot_word_importance(results: Mapping[str, WordImportance], classes: Mapping
 
 
 def plot_relations(results: Mapping[str, RelationSwap]) -> Any:
-    """Left: accuracy of the true over the swapped relation caption, per relation, against chance (0.5). Right:
-    energy split of the true and the swapped captions' maps over A (named first by the true caption), B and the
-    background."""
+    """Left: accuracy of the true over the swapped relation caption, overall and per relation, against chance
+    (0.5); it is the model's, the same for every explainer, so it is drawn once. Right: energy split of the true
+    and the swapped captions' maps over A (named first by the true caption), B and the background, per result."""
     plt = _plt()
-    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2))
-    width = 0.8 / max(len(results), 1)
-    for k, (name, r) in enumerate(results.items()):
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    if results:
+        r = next(iter(results.values()))
         rels = list(r.accuracy_by_relation)
-        axes[0].bar([i + k * width for i in range(len(rels) + 1)], [r.accuracy, *r.accuracy_by_relation.values()],
-                    width=width, label=name)
-        axes[0].set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(rels) + 1)])
+        axes[0].bar(range(len(rels) + 1), [r.accuracy, *r.accuracy_by_relation.values()], color="tab:blue")
+        axes[0].set_xticks(range(len(rels) + 1))
         axes[0].set_xticklabels(["all", *rels], fontsize=8)
-        for j, (key, vals) in enumerate((("true", r.true_energy), ("swapped", r.swapped_energy))):
-            axes[1].bar([i + j * 0.4 + k * 0.8 / max(len(results), 1) / 2 for i in range(3)], vals.tolist(),
-                        width=0.4 / max(len(results), 1), label=f"{name}: {key} caption")
     axes[0].axhline(0.5, color="k", ls=":", lw=1, label="chance")
     axes[0].set_ylim(0, 1)
     axes[0].set_ylabel("true caption scores higher")
     axes[0].set_title("'A left of B' vs 'B left of A'", fontsize=10)
     axes[0].legend(fontsize=7)
-    axes[1].set_xticks([i + 0.2 for i in range(3)])
-    axes[1].set_xticklabels(["A (subject of true)", "B", "background"], fontsize=8)
+    width = 0.8 / max(2 * len(results), 1)
+    for k, (name, r) in enumerate(results.items()):
+        for j, (key, vals) in enumerate((("true", r.true_energy), ("swapped", r.swapped_energy))):
+            axes[1].bar([i + (2 * k + j) * width for i in range(3)], vals.tolist(), width=width,
+                        label=f"{name}: {key}")
+    axes[1].set_xticks([i + width * (2 * len(results) - 1) / 2 for i in range(3)])
+    axes[1].set_xticklabels(["A (named first by the true caption)", "B", "background"], fontsize=8)
     axes[1].set_ylim(0, 1)
     axes[1].set_ylabel("share of map energy")
-    axes[1].set_title("where the maps fall", fontsize=10)
-    axes[1].legend(fontsize=7)
+    axes[1].set_title("where the maps of the true and swapped captions fall", fontsize=10)
+    axes[1].legend(fontsize=6)
     fig.tight_layout()
     return fig
 
