@@ -354,3 +354,11 @@ def test_rich_model_correspondence_of_captions_naming_several_objects(rich):
     assert c.named_energy > 1.6 * area and c.unnamed_energy < 0.1
     assert abs(c.rank_correlation) < 0.5
     assert c.named_energy + c.unnamed_energy + c.background_energy == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rich_model_still_binds_attributes(rich):
+    """measured (100 scenes): binding accuracy 0.93 (chance 1/6), as the original model's 0.91."""
+    images, masks, objects = binding_scenes(12, image_size=rich.image_size, seed=SEED)
+    b = A.attribute_binding(rich.model, rich.normalize(images), masks, objects, rich.tokenize, layers=[-1])
+    assert b.binding_accuracy >= 0.6 and b.similarity_gap > 0.05
+    assert float(b.true_energy[0]) > 2 * float(b.true_energy[1])  # a true prompt's map is on its own object
