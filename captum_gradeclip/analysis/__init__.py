@@ -27,5 +27,6 @@ __all__ = [
     "WordImportance",
     "attribute_binding", "average_ranks", "bootstrap_spearman", "chance_of_pointing", "class_ratings",
     "cross_modal_correspondence", "image_layer_profile", "image_maps", "load_word_ratings", "multi_object_pointing",
-    "rating_correlation", "relation_swap", "spearman", "text_layer_profile", "word_importance", "word_maps", "word_strings",
+    "rating_correlation", "relation_swap", "spearman", "text_layer_profile", "word_importance", "word_maps",
+    "word_strings",
 ]

@@ -80,7 +80,8 @@ def relation_scenes(n: int, *, image_size: int = 64, seed: int = 0) -> Tuple[Ten
 
 def naming_captions(scenes: Any, *, max_named: int = 3, seed: int = 0) -> Tuple[List[str], List[List[List[int]]]]:
     """Captions naming 2 to ``max_named`` objects of each scene (``"a red circle and a blue square"``, objects in a
-    random order, ``"a red circle, a blue square and a green cross"`` for three) and, per caption and object slot, the token positions of the object's colour and shape words
+    random order, ``"a red circle, a blue square and a green cross"`` for three) and, per caption and object slot,
+    the token positions of the object's colour and shape words
     (position 0 is the start-of-text token of :class:`~captum_gradeclip.zoo.ShapesTokenizer`), as
     :func:`~captum_gradeclip.analysis.cross_modal_correspondence` takes them.
 
