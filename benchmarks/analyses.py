@@ -4,6 +4,12 @@ The multi-object pointing game and the binding analysis also run LeGrad (captum_
     PYTHONPATH=. python benchmarks/analyses.py --models open_clip,hf --n 100 --out docs/results/analyses \
         --figures docs/images
 
+The model trained on rich captions (``open_clip_rich``) also runs the relations analysis (``"a red circle is left
+of a blue square"`` against the swapped caption) and the cross-modal correspondence of captions naming 2-3 objects:
+
+    PYTHONPATH=. python benchmarks/analyses.py --models open_clip_rich --n 100 --out docs/results/analyses_rich \
+        --figures docs/images --figure-prefix analysis_rich
+
 ``--n`` is the number of scenes per experiment (per object count for the multi-object pointing game). ``--n 8``
 finishes in well under a minute per model on one CPU core. Every scene is held out (seeds never used in training).
 """
@@ -24,9 +30,10 @@ from captum_gradeclip import analysis as A
 from captum_gradeclip.baselines import LeGrad
 from captum_gradeclip.analysis import plots
 from captum_gradeclip.analysis.shapes_world import (CONCRETENESS_ORDER, WORD_CLASSES, binding_scenes,
-                                                    content_positions, template_captions, token_strings)
+                                                    content_positions, naming_captions, relation_scenes,
+                                                    template_captions, token_strings)
 from captum_gradeclip.data.shapes import generate_scenes
-from captum_gradeclip.zoo import load_shapes_clip
+from captum_gradeclip.zoo import MODELS, load_shapes_clip
 
 SEED = 424_242  # held out: training seeds are (seed + 1) * 10_000_019 + step, evaluation 777_000 and 2024
 TOLERANCE_FRACTION = 15 / 224  # the literature's pointing tolerance: 15 px at 224 px
@@ -42,7 +49,10 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
     tol = TOLERANCE_FRACTION * size
     last3 = [-3, -2, -1]
     out: Dict[str, Any] = {"image_size": size, "tolerance_px": round(tol, 2)}
+    rich = {"left", "and", "is"} <= set(clip.tokenizer.words)  # a vocabulary for relations and object lists
     steps = ["layer profile", "multi-object pointing", "binding", "concreteness"]
+    if rich:
+        steps += ["relations", "correspondence"]
     bar = None
     if progress:
         from tqdm import tqdm
@@ -128,11 +138,46 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
             "spearman_with_class_order": [round(corr.rho, 4), round(corr.low, 4), round(corr.high, 4)],
             "empty_maps": wi.empty_maps, "total_maps": wi.total_maps}
     done()
+    figures: Dict[str, Any] = {"profiles": {f"{kind} image": img_prof, f"{kind} text": txt_prof},
+                               "pointing": pointing, "binding": binding, "words": words}
+    if rich:
+        # 2c. relations: "a red circle is left of a blue square" against "a blue square is left of a red circle"
+        rimages, rmasks, robjects, rels = relation_scenes(n, image_size=size, seed=SEED + 13)
+        figures["relations"] = {}
+        for name, layers, explainer in (("last layer", [-1], None), ("last 3 layers", last3, None),
+                                        ("LeGrad, last 3 layers", last3, LeGrad)):
+            r = A.relation_swap(clip.model, clip.normalize(rimages), rmasks, robjects, rels, clip.tokenize,
+                                layers=layers, explainer=explainer)
+            figures["relations"][name] = r
+            out.setdefault("relations", {})[name] = {
+                "accuracy": _floats(r.accuracy), "chance": 0.5, "similarity_diff": _floats(r.similarity_diff),
+                "accuracy_by_relation": {k: round(v, 4) for k, v in r.accuracy_by_relation.items()},
+                "true_energy": _floats(r.true_energy), "swapped_energy": _floats(r.swapped_energy), "n": r.n}
+        done()
+        # 1b. cross-modal correspondence: captions naming 2-3 of the 2-4 objects of a scene
+        csc = generate_scenes(n, image_size=size, num_objects=(2, 4), seed=SEED + 17)
+        ccaps, cwords = naming_captions(csc, seed=SEED)
+        figures["correspondence"] = {}
+        for name, layers in (("last layer", [-1]), ("last 3 layers", last3)):
+            c = A.cross_modal_correspondence(clip.model, clip.normalize(csc.images), clip.tokenize(ccaps),
+                                             csc.masks, cwords, image_layers=layers)
+            figures["correspondence"][name] = c
+            out.setdefault("correspondence", {})[name] = {
+                "named_energy": _floats(c.named_energy), "unnamed_energy": _floats(c.unnamed_energy),
+                "background_energy": _floats(c.background_energy), "rank_correlation": _floats(c.rank_correlation),
+                "named_area": _floats(_named_area(csc.masks, cwords)), "n": n}
+        done()
     if bar is not None:
         bar.close()
-    out["_figures"] = {"profiles": {f"{kind} image": img_prof, f"{kind} text": txt_prof},
-                       "pointing": pointing, "binding": binding, "words": words}
+    out["_figures"] = figures
     return out
+
+
+def _named_area(masks: torch.Tensor, object_words: Any) -> float:
+    """Mean share of the image covered by the named objects (the energy a uniform map would put on them)."""
+    named = torch.tensor([[len(w) > 0 for w in row] for row in object_words])
+    area = masks.flatten(2).float().mean(2)
+    return float((area * named).sum(1).mean())
 
 
 def _in_figure(name: str) -> bool:
@@ -142,18 +187,19 @@ def _in_figure(name: str) -> bool:
 
 def main(argv: Any = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--models", default="open_clip,hf", help="comma-separated: open_clip, hf")
+    ap.add_argument("--models", default="open_clip,hf", help=f"comma-separated: {', '.join(MODELS)}")
     ap.add_argument("--n", type=int, default=48, help="scenes per experiment (default 48)")
     ap.add_argument("--out", default="analyses_out", help="output folder for results.json and the PNG figures")
     ap.add_argument("--figures", default=None, help="folder for the PNG figures (default: --out)")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    ap.add_argument("--figure-prefix", default="analysis", help="figure file names start with this")
     args = ap.parse_args(argv)
     if args.n < 2:
         ap.error("--n must be at least 2")
     kinds = [k.strip() for k in args.models.split(",") if k.strip()]
-    bad = [k for k in kinds if k not in ("open_clip", "hf")]
+    bad = [k for k in kinds if k not in MODELS]
     if bad or not kinds:
-        ap.error(f"--models takes open_clip and/or hf, got {args.models!r}")
+        ap.error(f"--models takes names of {MODELS}, got {args.models!r}")
     if args.threads:
         torch.set_num_threads(args.threads)
     import matplotlib
@@ -163,7 +209,8 @@ def main(argv: Any = None) -> int:
     fig_dir = Path(args.figures) if args.figures else out
     fig_dir.mkdir(parents=True, exist_ok=True)
     results: Dict[str, Any] = {"n": args.n, "seed": SEED, "models": {}}
-    figures: Dict[str, Dict[str, Any]] = {"profiles": {}, "pointing": {}, "binding": {}, "words": {}}
+    figures: Dict[str, Dict[str, Any]] = {"profiles": {}, "pointing": {}, "binding": {}, "words": {},
+                                          "relations": {}, "correspondence": {}}
     t0 = time.perf_counter()
     for kind in kinds:
         res = run_model(kind, args.n)
@@ -171,14 +218,21 @@ def main(argv: Any = None) -> int:
             figures[key].update({f"{kind}: {k}" if key != "profiles" else k: v for k, v in val.items()})
         results["models"][kind] = res
     results["seconds"] = round(time.perf_counter() - t0, 1)
-    names = {"profiles": "analysis_layers.png", "pointing": "analysis_pointing.png",
-             "binding": "analysis_binding.png", "words": "analysis_words.png"}
+    names = {key: f"{args.figure_prefix}_{stem}.png" for key, stem in (
+        ("profiles", "layers"), ("pointing", "pointing"), ("binding", "binding"), ("words", "words"),
+        ("relations", "relations"), ("correspondence", "correspondence"))}
+    if not figures["relations"]:
+        del names["relations"], names["correspondence"]
     plt = plots._plt()
-    for key, fig in (("profiles", plots.plot_layer_profiles(figures["profiles"])),
+    extra = [(key, draw(figures[key])) for key, draw in (("relations", plots.plot_relations),
+                                                         ("correspondence", plots.plot_correspondence))
+             if figures[key]]
+    for key, fig in [("profiles", plots.plot_layer_profiles(figures["profiles"])),
                      ("pointing", plots.plot_pointing_by_count(
                          {k: v for k, v in figures["pointing"].items() if k.endswith("strict") and _in_figure(k)})),
                      ("binding", plots.plot_binding({k: v for k, v in figures["binding"].items() if _in_figure(k)})),
-                     ("words", plots.plot_word_importance(figures["words"], WORD_CLASSES, CONCRETENESS_ORDER))):
+                     ("words", plots.plot_word_importance(figures["words"], WORD_CLASSES, CONCRETENESS_ORDER)),
+                     *extra]:
         fig.savefig(fig_dir / names[key], dpi=110)
         plt.close(fig)
     (out / "results.json").write_text(json.dumps(results, indent=1))

@@ -27,6 +27,21 @@ and evaluated on held-out scenes:
 Example (about 20 minutes per model on one shared CPU thread)::
 
     PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch both --threads 1
+
+``--captions rich`` trains on the scene descriptions of :func:`captum_gradeclip.data.describe_scene` instead:
+scenes of 1-4 objects, each captioned in one of the styles ``single`` (one object, the templates above),
+``list`` (every object), ``relation`` (``"a red circle is left of a blue square"``, with a random second
+object) or ``count`` (``"two circles and one cross"``), half of them behind a prefix of words without a visual
+referent (``"a photo of"``, ``"there is"``, ``"a nice picture of"``, ``"a simple image with"``, ...). The
+vocabulary is :data:`RICH_WORDS` and the context :data:`RICH_CONTEXT_LENGTH` tokens. A text is a positive of
+every image of the batch it is *true of* (:func:`caption_holds`), and each relation caption brings its swapped
+twin (``"a blue square is left of a red circle"``) as an extra hard negative text. ``--init open_clip`` starts
+from the shipped open_clip model with the vocabulary and context extended by
+:func:`captum_gradeclip.finetune.vocabulary.extend_shapes_clip` (its features of the old captions unchanged) and
+``--name`` names the files. The shipped ``shapes_open_clip_rich`` model was trained with::
+
+    PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch open_clip --captions rich --init open_clip \\
+        --name shapes_open_clip_rich --steps 900 --lr 2e-4 --warmup 50 --eval-every 150 --threads 1
 """
 
 from __future__ import annotations
@@ -34,6 +49,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import platform
+import random
 import shlex
 import sys
 import time
@@ -43,9 +60,18 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from captum_gradeclip.data.shapes import COLORS, SHAPES, class_names, generate_scenes
-from captum_gradeclip.zoo.shapes_clip import ShapesCLIP, build_model, shapes_clip_from_files
-from captum_gradeclip.zoo.tokenizer import ShapesTokenizer
+from captum_gradeclip.data.shapes import (
+    COLORS,
+    SCENE_WORDS,
+    SHAPES,
+    ShapesBatch,
+    class_names,
+    describe_scene,
+    generate_scenes,
+    relation,
+)
+from captum_gradeclip.zoo.shapes_clip import ShapesCLIP, build_model, load_shapes_clip, shapes_clip_from_files
+from captum_gradeclip.zoo.tokenizer import DEFAULT_WORDS, ShapesTokenizer
 
 #: Caption templates sampled during training (evaluation uses "a {} {}").
 TRAIN_TEMPLATES = ("a {} {}", "the {} {}", "a photo of a {} {}", "an image of a {} {}", "{} {}")
@@ -56,6 +82,17 @@ PATCH_SIZE = 8
 CONTEXT_LENGTH = 8
 EVAL_SEED = 777_000  # held-out scenes; training seeds are (seed + 1) * 10_000_019 + step
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "captum_gradeclip" / "zoo" / "weights"
+
+#: ``--captions rich``: prefixes without a visual referent ("" = none), put before half of the captions.
+RICH_PREFIXES = ("a photo of", "there is", "a nice picture of", "a simple image with", "an image of")
+#: ``--captions rich``: probabilities of the caption styles single, list, relation, count.
+RICH_STYLES = (("single", 0.35), ("list", 0.25), ("relation", 0.3), ("count", 0.1))
+#: ``--captions rich``: the vocabulary (the default words, the scene words, the prefix words).
+RICH_WORDS: tuple[str, ...] = tuple(dict.fromkeys(
+    DEFAULT_WORDS + SCENE_WORDS + tuple(w for p in RICH_PREFIXES for w in p.split())))
+#: ``--captions rich``: context length; the longest caption (a prefix of 4 words + 4 listed objects, 17 words)
+#: takes 19 tokens with sot and eot.
+RICH_CONTEXT_LENGTH = 20
 
 
 def model_cfg(arch: str, tok: ShapesTokenizer, width: int, layers: int, text_width: int,
@@ -144,17 +181,127 @@ def forward_features(model: torch.nn.Module, arch: str, x: torch.Tensor, ids: to
 
 def clip_loss(img: torch.Tensor, txt: torch.Tensor, scale: torch.Tensor, present: torch.Tensor,
               target_cls: torch.Tensor, strict: bool) -> torch.Tensor:
-    """Symmetric InfoNCE with (optionally) multi-positive targets."""
-    logits = scale * img @ txt.T
+    """Symmetric InfoNCE with (optionally) multi-positive targets (single-object captions)."""
     if strict:
-        labels = torch.arange(img.shape[0])
-        return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
-    pos = (present[:, :, None] == target_cls[None, None, :]).any(1).float()  # (images, texts)
+        pos = torch.eye(img.shape[0], txt.shape[0])
+    else:
+        pos = (present[:, :, None] == target_cls[None, None, :]).any(1).float()  # (images, texts)
+    return multi_positive_loss(scale * img @ txt.T, pos)
+
+
+def multi_positive_loss(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Symmetric InfoNCE whose targets are the positives ``pos`` (images, texts), each row/column normalised.
+
+    Every image needs a positive text; texts without a positive image (hard negatives) only enter the
+    image-to-text term.
+    """
+    pos = pos.float()
     t_i = pos / pos.sum(1, keepdim=True)
-    t_t = pos.T / pos.T.sum(1, keepdim=True)
     li = -(t_i * F.log_softmax(logits, dim=1)).sum(1).mean()
-    lt = -(t_t * F.log_softmax(logits.T, dim=1)).sum(1).mean()
+    has = pos.sum(0) > 0
+    t_t = pos.T[has] / pos.T[has].sum(1, keepdim=True)
+    lt = -(t_t * F.log_softmax(logits.T[has], dim=1)).sum(1).mean()
     return 0.5 * (li + lt)
+
+
+def scene_facts(batch: ShapesBatch, i: int) -> dict[str, Any]:
+    """What captions can be checked against in scene ``i``: its classes, shape counts and centres by class."""
+    k = int(batch.num_objects[i])
+    cls = [int(batch.colors[i, m]) * len(SHAPES) + int(batch.shapes[i, m]) for m in range(k)]
+    counts = [0] * len(SHAPES)
+    for m in range(k):
+        counts[int(batch.shapes[i, m])] += 1
+    return {"classes": frozenset(cls), "counts": tuple(counts),
+            "centers": {c: batch.centers[i, m].tolist() for m, c in enumerate(cls)}}
+
+
+def caption_holds(meaning: tuple, facts: dict[str, Any]) -> bool:
+    """Whether a caption's meaning is true of a scene.
+
+    Meanings: ``("single", cls)`` (the object is there), ``("list", classes)`` (exactly these objects),
+    ``("count", counts)`` (these shape counts), ``("relation", cls_a, rel, cls_b)`` (both objects there and
+    ``a`` is ``rel`` ``b`` by :func:`captum_gradeclip.data.relation`).
+    """
+    kind = meaning[0]
+    if kind == "single":
+        return meaning[1] in facts["classes"]
+    if kind == "list":
+        return meaning[1] == facts["classes"]
+    if kind == "count":
+        return meaning[1] == facts["counts"]
+    _, a, rel, b = meaning
+    c = facts["centers"]
+    return a in c and b in c and relation(c[a], c[b]) == rel
+
+
+def make_rich_batch(batch_size: int, single_frac: float, seed: int, tok: ShapesTokenizer):
+    """One ``--captions rich`` batch: images, ids (own captions, then swapped relation captions), positives."""
+    n_single = int(round(batch_size * single_frac))
+    parts = [generate_scenes(batch_size - n_single, num_objects=(1, 4), seed=seed)]
+    if n_single:
+        parts.append(generate_scenes(n_single, num_objects=1, seed=seed + 5_000_011))
+    rng = random.Random(seed + 9_000_041)
+    styles, weights = zip(*RICH_STYLES)
+    caps: list[str] = []
+    meanings: list[tuple] = []
+    extra_caps: list[str] = []
+    extra_meanings: list[tuple] = []
+    facts = []
+    for part in parts:
+        for i in range(len(part)):
+            f = scene_facts(part, i)
+            facts.append(f)
+            t = int(part.target[i])
+            tcls = int(part.colors[i, t]) * len(SHAPES) + int(part.shapes[i, t])
+            style = rng.choices(styles, weights)[0]
+            k = int(part.num_objects[i])
+            prefix = rng.choice(RICH_PREFIXES) + " " if rng.random() < 0.5 else ""
+            if style == "single" or (style == "relation" and k == 1):
+                tmpl = rng.choice(TRAIN_TEMPLATES)
+                text = tmpl.format(COLORS[tcls // len(SHAPES)], SHAPES[tcls % len(SHAPES)])
+                caps.append(prefix + text if tmpl == "a {} {}" else text)
+                meanings.append(("single", tcls))
+            elif style == "list":
+                caps.append(prefix + describe_scene(part, i, "list"))
+                meanings.append(("list", f["classes"]))
+            elif style == "count":
+                caps.append(prefix + describe_scene(part, i, "count"))
+                meanings.append(("count", f["counts"]))
+            else:
+                o = rng.choice([m for m in range(k) if m != t])
+                ocls = int(part.colors[i, o]) * len(SHAPES) + int(part.shapes[i, o])
+                rel = relation(part.centers[i, t].tolist(), part.centers[i, o].tolist())
+                caps.append(prefix + describe_scene(part, i, "relation", other=o))
+                meanings.append(("relation", tcls, rel, ocls))
+                name_t = f"{COLORS[tcls // len(SHAPES)]} {SHAPES[tcls % len(SHAPES)]}"
+                name_o = f"{COLORS[ocls // len(SHAPES)]} {SHAPES[ocls % len(SHAPES)]}"
+                extra_caps.append(f"{prefix}a {name_o} is {rel} a {name_t}")
+                extra_meanings.append(("relation", ocls, rel, tcls))
+    all_meanings = meanings + extra_meanings
+    pos = torch.tensor([[caption_holds(m, f) for m in all_meanings] for f in facts])
+    if not bool(pos.diagonal().all()):
+        raise RuntimeError("a rich caption is not true of its own scene")
+    images = torch.cat([p.images for p in parts])
+    x = (images - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+    return x, tok(caps + extra_caps), pos
+
+
+@torch.no_grad()
+def evaluate_relations(clip: ShapesCLIP, n: int = 500) -> dict[str, float]:
+    """Held-out two-object scenes: how often "A <rel> B" (true) outscores the swapped "B <rel> A"."""
+    scenes = generate_scenes(n, num_objects=2, seed=EVAL_SEED + 2)
+    true, swapped = [], []
+    for i in range(n):
+        t = int(scenes.target[i])
+        o = 1 - t
+        names = [f"{COLORS[int(scenes.colors[i, m])]} {SHAPES[int(scenes.shapes[i, m])]}" for m in (t, o)]
+        rel = relation(scenes.centers[i, t].tolist(), scenes.centers[i, o].tolist())
+        true.append(f"a {names[0]} is {rel} a {names[1]}")
+        swapped.append(f"a {names[1]} is {rel} a {names[0]}")
+    img = clip.encode_images(scenes.images)
+    s_true = (img * clip.encode_texts(true)).sum(1)
+    s_swap = (img * clip.encode_texts(swapped)).sum(1)
+    return {"relation_swap_acc": round((s_true > s_swap).float().mean().item(), 4), "relation_eval_n": n}
 
 
 def param_groups(model: torch.nn.Module, weight_decay: float):
@@ -209,10 +356,20 @@ def _wrap(model: torch.nn.Module, arch: str, tok: ShapesTokenizer) -> ShapesCLIP
 
 def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
-    tok = ShapesTokenizer(context_length=CONTEXT_LENGTH)
-    mcfg = model_cfg(arch, tok, args.width, args.layers, args.text_width, args.text_layers,
-                     args.embed_dim)
-    model = build_model(arch, mcfg)
+    rich = args.captions == "rich"
+    if args.init:
+        from captum_gradeclip.finetune.vocabulary import extend_shapes_clip
+
+        start = load_shapes_clip(args.init)
+        if rich:
+            start = extend_shapes_clip(start, RICH_WORDS, RICH_CONTEXT_LENGTH)
+        tok, mcfg, model = start.tokenizer, start.config["model_cfg"], start.model
+    else:
+        tok = (ShapesTokenizer(RICH_WORDS, RICH_CONTEXT_LENGTH) if rich
+               else ShapesTokenizer(context_length=CONTEXT_LENGTH))
+        mcfg = model_cfg(arch, tok, args.width, args.layers, args.text_width, args.text_layers,
+                         args.embed_dim)
+        model = build_model(arch, mcfg)
     n_params = sum(p.numel() for p in model.parameters())
     print(f"[{arch}] {n_params / 1e6:.2f}M parameters", flush=True)
     opt = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr, betas=(0.9, 0.98),
@@ -230,10 +387,17 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     for step in range(args.steps):
         for gr in opt.param_groups:
             gr["lr"] = lr_at(step)
-        x, ids, present, target_cls = make_batch(args.batch_size, args.single_frac,
-                                                 (args.seed + 1) * 10_000_019 + step, tok)
-        img, txt, scale = forward_features(model, arch, x, ids, tok)
-        loss = clip_loss(img, txt, scale, present, target_cls, args.strict_infonce)
+        batch_seed = (args.seed + 1) * 10_000_019 + step
+        if rich:
+            x, ids, pos = make_rich_batch(args.batch_size, args.single_frac, batch_seed, tok)
+            if args.strict_infonce:
+                pos = torch.eye(*pos.shape, dtype=torch.bool)
+            img, txt, scale = forward_features(model, arch, x, ids, tok)
+            loss = multi_positive_loss(scale * img @ txt.T, pos)
+        else:
+            x, ids, present, target_cls = make_batch(args.batch_size, args.single_frac, batch_seed, tok)
+            img, txt, scale = forward_features(model, arch, x, ids, tok)
+            loss = clip_loss(img, txt, scale, present, target_cls, args.strict_infonce)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -251,13 +415,18 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
                 model.train()
                 msg += (f" single {m['single_object_acc']:.3f}"
                         f" multi {m['multi_object_target_vs_absent']:.3f}")
+                if rich:
+                    r = evaluate_relations(_wrap(model, arch, tok), n=256)
+                    msg += f" relation {r['relation_swap_acc']:.3f}"
+                model.train()
             print(msg, flush=True)
     train_s = time.time() - t0
     model.eval()
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    wpath, cpath = out / f"shapes_{arch}.safetensors", out / f"shapes_{arch}.json"
+    name = args.name or f"shapes_{arch}"
+    wpath, cpath = out / f"{name}.safetensors", out / f"{name}.json"
     from safetensors.torch import save_file
 
     dtype = torch.float16 if args.store_dtype == "float16" else torch.float32
@@ -274,6 +443,9 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
         "class_names": class_names(),
         "prompt_template": "a {} {}",
         "train_templates": list(TRAIN_TEMPLATES),
+        **({"train_captions": {"styles": dict(RICH_STYLES), "prefixes": list(RICH_PREFIXES),
+                               "prefix_probability": 0.5, "num_objects": [1, 4],
+                               "hard_negatives": "swapped relation captions"}} if rich else {}),
         "stored_dtype": args.store_dtype,
         "num_parameters": n_params,
         "training": {
@@ -287,6 +459,9 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
             "single_frac": args.single_frac,
             "loss": "strict InfoNCE" if args.strict_infonce else "multi-positive InfoNCE",
             "threads": args.threads,
+            "captions": args.captions,
+            "init": args.init or "random",
+            "machine": platform.processor() or platform.machine(),
             "train_seconds": round(train_s, 1),
             "torch": torch.__version__,
         },
@@ -295,6 +470,8 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     # Evaluate the model exactly as shipped (fp16 weights reloaded as fp32).
     clip = shapes_clip_from_files(wpath, cpath)
     metrics = evaluate(clip, n=args.eval_n)
+    if rich:
+        metrics.update(evaluate_relations(clip, n=args.eval_n))
     cfg["metrics"] = metrics
     cpath.write_text(json.dumps(cfg, indent=2) + "\n")
     print(f"[{arch}] trained in {train_s:.0f}s; metrics {metrics}; wrote {wpath} "
@@ -326,6 +503,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--eval-n", type=int, default=1000)
     p.add_argument("--eval-every", type=int, default=250, help="0 disables progress evaluation")
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument("--captions", choices=("simple", "rich"), default="simple",
+                   help="simple: one-object captions; rich: lists, relations, counts and prefixes of 1-4 objects")
+    p.add_argument("--init", choices=("open_clip", "hf"), default=None,
+                   help="start from this shipped model (vocabulary/context extended for rich captions)")
+    p.add_argument("--name", default=None, help="file name stem of the weights (default shapes_<arch>)")
     args = p.parse_args(argv)
     if not 0.0 <= args.single_frac <= 1.0:
         p.error("--single-frac must be in [0, 1]")
@@ -335,6 +517,12 @@ def main(argv: list[str] | None = None) -> None:
     command = "PYTHONPATH=. python benchmarks/train_shapes_clip.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     archs = ("open_clip", "hf") if args.arch == "both" else (args.arch,)
+    if args.init and archs != (args.init,):
+        p.error("--init needs --arch equal to the initial model's architecture")
+    if args.init == "hf" and args.captions == "rich":
+        p.error("--init hf cannot extend the vocabulary (extend_shapes_clip supports open_clip); train from scratch")
+    if args.name and len(archs) > 1:
+        p.error("--name needs a single --arch")
     results = {a: train(a, args, command) for a in archs}
     print(json.dumps(results, indent=2))
 

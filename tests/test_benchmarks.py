@@ -125,3 +125,50 @@ def test_analyses_script_runs_legrad_beside_grad_eclip(scripts, tmp_path):
         "binding_accuracy"]
     assert same  # the model's similarities do not depend on the explainer
     assert len(list(tmp_path.glob("*.png"))) == 4
+
+
+def test_analyses_script_runs_relations_and_correspondence_on_the_rich_model(scripts, tmp_path):
+    import analyses
+    assert analyses.main(["--models", "open_clip_rich", "--n", "3", "--out", str(tmp_path),
+                          "--figure-prefix", "rich"]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip_rich"]
+    assert {"last layer", "last 3 layers", "LeGrad, last 3 layers"} == set(res["relations"])
+    r = res["relations"]["last layer"]
+    assert r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 and sum(r["true_energy"]) == pytest.approx(1.0, abs=1e-3)
+    assert r["accuracy"] == res["relations"]["LeGrad, last 3 layers"]["accuracy"]  # the model's, not the maps'
+    c = res["correspondence"]["last 3 layers"]
+    assert c["named_energy"] + c["unnamed_energy"] + c["background_energy"] == pytest.approx(1.0, abs=1e-3)
+    assert sorted(p.name for p in tmp_path.glob("*.png")) == [
+        f"rich_{s}.png" for s in ("binding", "correspondence", "layers", "pointing", "relations", "words")]
+
+
+def test_rich_training_captions_are_true_of_their_scenes(scripts):
+    """Hand-checked: a caption is a positive of exactly the scenes it is true of; swapped relations are not."""
+    import train_shapes_clip as T
+    from captum_gradeclip.data.shapes import generate_scenes
+    scenes = generate_scenes(1, num_objects=2, seed=3)
+    f = T.scene_facts(scenes, 0)
+    (a, b) = sorted(f["classes"], key=lambda c: f["centers"][c][0])  # a is left of b or vertically apart
+    rel = T.relation(f["centers"][a], f["centers"][b])
+    assert T.caption_holds(("relation", a, rel, b), f) and not T.caption_holds(("relation", b, rel, a), f)
+    assert T.caption_holds(("single", a), f) and T.caption_holds(("list", frozenset({a, b})), f)
+    assert not T.caption_holds(("list", frozenset({a})), f)
+    assert T.caption_holds(("count", f["counts"]), f) and sum(f["counts"]) == 2
+    tok = T.ShapesTokenizer(T.RICH_WORDS, T.RICH_CONTEXT_LENGTH)
+    x, ids, pos = T.make_rich_batch(24, 0.25, seed=11, tok=tok)
+    assert x.shape[0] == 24 and ids.shape[0] == pos.shape[1] >= 24 and bool(pos.diagonal().all())
+    # every text is a positive of its scene and of every other scene it is true of, of no other
+    assert int(pos.sum()) > 24
+
+
+def test_rich_training_runs_and_saves_a_loadable_model(scripts, tmp_path):
+    import train_shapes_clip as T
+    from captum_gradeclip.zoo import shapes_clip_from_files
+    T.main(["--arch", "open_clip", "--captions", "rich", "--init", "open_clip", "--name", "tiny", "--steps", "2",
+            "--batch-size", "16", "--warmup", "1", "--eval-n", "24", "--eval-every", "0", "--out", str(tmp_path)])
+    clip = shapes_clip_from_files(tmp_path / "tiny.safetensors", tmp_path / "tiny.json")
+    assert clip.tokenizer.context_length == T.RICH_CONTEXT_LENGTH and "left" in clip.tokenizer.words
+    assert clip.tokenize("a simple image with a red circle, a blue square, a green cross and a cyan triangle").shape \
+        == (1, T.RICH_CONTEXT_LENGTH)
+    cfg = json.loads((tmp_path / "tiny.json").read_text())
+    assert cfg["training"]["captions"] == "rich" and "relation_swap_acc" in cfg["metrics"]

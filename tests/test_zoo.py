@@ -186,3 +186,38 @@ def test_loader_errors(tmp_path) -> None:
         clip.normalize(torch.rand(1, 1, 64, 64))
     with pytest.raises(ValueError, match="vocabulary"):
         clip.tokenize("a purple circle")
+
+
+# --------------------------------------------------------------------------- the model trained on rich captions
+
+
+@pytest.fixture(scope="module")
+def rich() -> ShapesCLIP:
+    return load_shapes_clip("open_clip_rich")
+
+
+def test_rich_model_files_and_contract(rich: ShapesCLIP) -> None:
+    import open_clip
+
+    from captum_gradeclip.data import SCENE_WORDS
+    from captum_gradeclip.zoo import MODELS
+
+    assert MODELS == ("open_clip", "hf", "open_clip_rich") and "open_clip_rich" not in KINDS
+    w, c = weights_paths("open_clip_rich")
+    assert w.name == "shapes_open_clip_rich.safetensors" and w.stat().st_size < 5e6
+    cfg = json.loads(c.read_text())
+    assert cfg["kind"] == "open_clip" and cfg["training"]["captions"] == "rich"
+    assert cfg["metrics"]["single_object_acc"] >= 0.98  # 1000 held-out scenes, measured as shipped (fp16)
+    assert rich.kind == "open_clip" and isinstance(rich.model, open_clip.CLIP) and not rich.model.training
+    assert set(SCENE_WORDS) <= set(rich.tokenizer.words) and rich.tokenizer.context_length == 20
+    longest = "a simple image with a magenta triangle, a yellow circle, a green cross and a cyan square"
+    ids = rich.tokenize([longest, "there is a red circle", "two circles and one cross"])
+    assert ids.shape == (3, 20) and ids[0].argmax().item() == 18  # sot + 17 words, then eot
+    f = rich.encode_texts(["a red circle is left of a blue square", "there is a red circle"])
+    assert f.shape == (2, 128) and torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
+
+
+def test_rich_model_zero_shot_single_object(rich: ShapesCLIP) -> None:
+    b = generate_scenes(200, num_objects=1, seed=424242)
+    acc = (rich.classify(b.images).argmax(1) == b.target_class).float().mean().item()
+    assert acc >= MIN_SINGLE_ACC, f"rich: single-object zero-shot accuracy {acc:.3f}"

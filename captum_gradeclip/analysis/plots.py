@@ -5,8 +5,8 @@ from __future__ import annotations
 from typing import Any, Dict, Mapping, Optional, Sequence
 
 from .concreteness import WordImportance
-from .identification import Binding, PointingByCount
-from .mechanism import LayerProfile
+from .identification import Binding, PointingByCount, RelationSwap
+from .mechanism import Correspondence, LayerProfile
 
 
 def _plt() -> Any:
@@ -93,6 +93,56 @@ def plot_word_importance(results: Mapping[str, WordImportance], classes: Mapping
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(order))])
     ax.set_xticklabels(order, fontsize=8)
     ax.set_ylabel("mean share of the caption's importance")
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def plot_relations(results: Mapping[str, RelationSwap]) -> Any:
+    """Left: accuracy of the true over the swapped relation caption, overall and per relation, against chance
+    (0.5); it is the model's, the same for every explainer, so it is drawn once. Right: energy split of the true
+    and the swapped captions' maps over A (named first by the true caption), B and the background, per result."""
+    plt = _plt()
+    fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
+    if results:
+        r = next(iter(results.values()))
+        rels = list(r.accuracy_by_relation)
+        axes[0].bar(range(len(rels) + 1), [r.accuracy, *r.accuracy_by_relation.values()], color="tab:blue")
+        axes[0].set_xticks(range(len(rels) + 1))
+        axes[0].set_xticklabels(["all", *rels], fontsize=8)
+    axes[0].axhline(0.5, color="k", ls=":", lw=1, label="chance")
+    axes[0].set_ylim(0, 1)
+    axes[0].set_ylabel("true caption scores higher")
+    axes[0].set_title("'A left of B' vs 'B left of A'", fontsize=10)
+    axes[0].legend(fontsize=7)
+    width = 0.8 / max(2 * len(results), 1)
+    for k, (name, r) in enumerate(results.items()):
+        for j, (key, vals) in enumerate((("true", r.true_energy), ("swapped", r.swapped_energy))):
+            axes[1].bar([i + (2 * k + j) * width for i in range(3)], vals.tolist(), width=width,
+                        label=f"{name}: {key}")
+    axes[1].set_xticks([i + width * (2 * len(results) - 1) / 2 for i in range(3)])
+    axes[1].set_xticklabels(["A (named first by the true caption)", "B", "background"], fontsize=8)
+    axes[1].set_ylim(0, 1)
+    axes[1].set_ylabel("share of map energy")
+    axes[1].set_title("where the maps of the true and swapped captions fall", fontsize=10)
+    axes[1].legend(fontsize=6)
+    fig.tight_layout()
+    return fig
+
+
+def plot_correspondence(results: Mapping[str, Correspondence]) -> Any:
+    """Energy split of captions naming several objects: named objects, objects present but not named, background;
+    the titles give the word-share / energy-share rank correlation."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    width = 0.8 / max(len(results), 1)
+    for k, (name, c) in enumerate(results.items()):
+        ax.bar([i + k * width for i in range(3)], [c.named_energy, c.unnamed_energy, c.background_energy],
+               width=width, label=f"{name} (Spearman words vs energy {c.rank_correlation:.2f})")
+    ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(3)])
+    ax.set_xticklabels(["named objects", "unnamed objects", "background"], fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of map energy")
     ax.legend(fontsize=7)
     fig.tight_layout()
     return fig

@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..data.shapes import COLORS, SHAPES, generate_scenes
+from ..data.shapes import COLORS, SHAPES, generate_scenes, relation
 
 #: Word class of every word of the shipped models' vocabulary.
 WORD_CLASSES: Dict[str, str] = {
@@ -56,6 +56,70 @@ def binding_scenes(n: int, *, image_size: int = 64, seed: int = 0) -> Tuple[Tens
             masks.append(b.masks[i, :2])
             objects.append(tuple((COLORS[int(b.colors[i, j])], SHAPES[int(b.shapes[i, j])]) for j in range(2)))
     return torch.stack(images), torch.stack(masks), objects  # type: ignore[return-value]
+
+
+def relation_scenes(n: int, *, image_size: int = 64, seed: int = 0) -> Tuple[Tensor, Tensor, List[Tuple[str, str]],
+                                                                            List[str]]:
+    """``n`` scenes of two objects A and B with the relation of A to B (:func:`~captum_gradeclip.data.relation`).
+
+    Returns:
+        ``(images01 (n, 3, H, W), masks (n, 2, H, W), objects, relations)`` with ``objects[i] = ("red circle",
+        "blue square")`` and ``relations[i]`` one of :data:`~captum_gradeclip.data.RELATIONS`, true of A and B.
+
+    Examples:
+        >>> images, masks, objects, relations = relation_scenes(2, seed=0)
+        >>> images.shape, masks.shape, len(objects), relations[0] in ("left of", "right of", "above", "below")
+        (torch.Size([2, 3, 64, 64]), torch.Size([2, 2, 64, 64]), 2, True)
+    """
+    b = generate_scenes(n, image_size=image_size, num_objects=2, seed=seed)
+    objects = [tuple(f"{COLORS[int(b.colors[i, j])]} {SHAPES[int(b.shapes[i, j])]}" for j in range(2))
+               for i in range(n)]
+    relations = [relation(b.centers[i, 0].tolist(), b.centers[i, 1].tolist()) for i in range(n)]
+    return b.images, b.masks[:, :2], objects, relations  # type: ignore[return-value]
+
+
+def naming_captions(scenes: Any, *, max_named: int = 3, seed: int = 0) -> Tuple[List[str], List[List[List[int]]]]:
+    """Captions naming 2 to ``max_named`` objects of each scene (``"a red circle and a blue square"``, objects in a
+    random order, ``"a red circle, a blue square and a green cross"`` for three) and, per caption and object slot,
+    the token positions of the object's colour and shape words
+    (position 0 is the start-of-text token of :class:`~captum_gradeclip.zoo.ShapesTokenizer`), as
+    :func:`~captum_gradeclip.analysis.cross_modal_correspondence` takes them.
+
+    Args:
+        scenes: a :class:`~captum_gradeclip.data.ShapesBatch` of scenes with at least 2 objects.
+        max_named: the most objects a caption names (at least 2).
+        seed: seed of the choice and order of the named objects.
+
+    Returns:
+        ``(captions, object_words)``; ``object_words[i][j]`` is empty for slots the caption does not name.
+
+    Examples:
+        >>> b = generate_scenes(1, num_objects=2, seed=0)
+        >>> caps, words = naming_captions(b)
+        >>> caps[0].count(" and "), sorted(len(w) for w in words[0])
+        (1, [0, 0, 2, 2])
+    """
+    if max_named < 2:
+        raise ValueError(f"max_named must be at least 2, got {max_named}")
+    g = torch.Generator().manual_seed(seed)
+    captions: List[str] = []
+    positions: List[List[List[int]]] = []
+    slots = int(scenes.masks.shape[1])
+    for i in range(len(scenes)):
+        k = int(scenes.num_objects[i])
+        if k < 2:
+            raise ValueError(f"scene {i} has {k} object(s); naming captions need at least 2")
+        n_named = int(torch.randint(2, min(k, max_named) + 1, (1,), generator=g))
+        chosen = torch.randperm(k, generator=g)[:n_named].tolist()
+        parts: List[str] = []
+        where: List[List[int]] = [[] for _ in range(slots)]
+        for r, m in enumerate(chosen):
+            start = 3 * r + (1 if r == n_named - 1 else 0)  # word index of its "a"; "and" precedes the last object
+            where[m] = [start + 2, start + 3]  # colour and shape, +1 for the start-of-text token
+            parts.append(f"a {COLORS[int(scenes.colors[i, m])]} {SHAPES[int(scenes.shapes[i, m])]}")
+        captions.append(", ".join(parts[:-1]) + " and " + parts[-1])
+        positions.append(where)
+    return captions, positions
 
 
 def template_captions(scenes: Any, seed: int = 0) -> List[str]:

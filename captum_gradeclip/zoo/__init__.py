@@ -9,6 +9,7 @@ Examples:
 
 from .shapes_clip import (
     KINDS,
+    MODELS,
     ShapesCLIP,
     build_model,
     load_shapes_clip,
@@ -19,6 +20,7 @@ from .tokenizer import ShapesTokenizer
 
 __all__ = [
     "KINDS",
+    "MODELS",
     "ShapesCLIP",
     "ShapesTokenizer",
     "build_model",

@@ -1,11 +1,14 @@
 """Tiny CLIP models trained on the synthetic shapes world, and their loader.
 
-Two architectures are shipped (see ``benchmarks/train_shapes_clip.py`` for how
-they were trained):
+Three models are shipped (see ``benchmarks/train_shapes_clip.py`` for how
+they were trained), named by :data:`MODELS`:
 
 * ``"open_clip"``: an :class:`open_clip.CLIP` (ViT vision tower, patch 8 on
   64x64 images, and a causal text transformer pooling at ``argmax(ids)``);
-* ``"hf"``: a :class:`transformers.CLIPModel` of the same size.
+* ``"hf"``: a :class:`transformers.CLIPModel` of the same size;
+* ``"open_clip_rich"``: the ``"open_clip"`` model fine-tuned on rich captions (1-4 objects, lists, spatial
+  relations, counts, prefixes such as ``"a photo of"``; vocabulary
+  :data:`~captum_gradeclip.data.SCENE_WORDS` and more, context of 20 tokens). Its ``kind`` is ``"open_clip"``.
 
 Weights live next to this module in ``weights/shapes_<kind>.safetensors`` (fp16
 on disk, loaded as fp32) with a ``weights/shapes_<kind>.json`` config holding
@@ -42,6 +45,7 @@ from .tokenizer import ShapesTokenizer
 
 __all__ = [
     "KINDS",
+    "MODELS",
     "ShapesCLIP",
     "build_model",
     "load_shapes_clip",
@@ -51,6 +55,10 @@ __all__ = [
 
 #: Model kinds accepted by :func:`load_shapes_clip`.
 KINDS: tuple[str, ...] = ("open_clip", "hf")
+
+#: Names of the shipped models (:func:`load_shapes_clip`, :func:`weights_paths`); ``"open_clip_rich"`` is an
+#: ``"open_clip"`` model trained on rich captions.
+MODELS: tuple[str, ...] = ("open_clip", "hf", "open_clip_rich")
 
 
 def _check_kind(kind: str) -> str:
@@ -99,7 +107,7 @@ def weights_paths(kind: str) -> tuple[Path, Path]:
     """Return the ``(safetensors, json)`` paths of a shipped shapes model.
 
     Args:
-        kind: ``"open_clip"`` or ``"hf"``.
+        kind: a name of :data:`MODELS`: ``"open_clip"``, ``"hf"`` or ``"open_clip_rich"``.
 
     Returns:
         Paths of the weight file and of its config inside the installed package.
@@ -111,7 +119,8 @@ def weights_paths(kind: str) -> tuple[Path, Path]:
         >>> weights_paths("hf")[1].name
         'shapes_hf.json'
     """
-    _check_kind(kind)
+    if kind not in MODELS:
+        raise ValueError(f"unknown shipped model kind {kind!r}; expected one of {MODELS}")
     root = Path(str(resources.files("captum_gradeclip.zoo").joinpath("weights")))
     return root / f"shapes_{kind}.safetensors", root / f"shapes_{kind}.json"
 
@@ -353,8 +362,9 @@ def load_shapes_clip(
     """Load a shipped tiny CLIP trained on the shapes world (offline).
 
     Args:
-        kind: ``"open_clip"`` (an :class:`open_clip.CLIP`) or ``"hf"`` (a
-            :class:`transformers.CLIPModel`).
+        kind: ``"open_clip"`` (an :class:`open_clip.CLIP`), ``"hf"`` (a
+            :class:`transformers.CLIPModel`) or ``"open_clip_rich"`` (an :class:`open_clip.CLIP` trained on rich
+            captions; see :data:`MODELS`).
         device: Target device.
         attn_implementation: HF only: e.g. ``"eager"`` so that
             ``output_attentions=True`` returns attention maps; ``None`` keeps the
