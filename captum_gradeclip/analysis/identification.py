@@ -88,6 +88,25 @@ def multi_object_pointing(maps: Tensor, masks: Tensor, num_objects: Tensor, *,
                            n=torch.tensor([int(s.sum()) for s in sel]), tolerance=float(tolerance))
 
 
+def _explain_prompts(model: nn.Module, images: Tensor, prompts: List[str], tokenize: Callable[[List[str]], Any],
+                     explainer: Optional[Callable[..., Any]], layers: LayerChoice,
+                     single_head: bool) -> Tuple[Dict[str, int], Any, Tensor]:
+    """The column of each prompt, an explainer of the image scorer over ``prompts`` (Grad-ECLIP unless
+    ``explainer`` is given) and the similarities ``(N, len(prompts))`` of ``images`` with every prompt."""
+    column: Dict[str, int] = {p: i for i, p in enumerate(prompts)}
+    scorer = ImageTextSimilarity(model, tokenize(prompts))
+    if explainer is None:
+        method = GradECLIP(scorer, _blocks(scorer, layers), single_head=single_head)
+    elif single_head:
+        raise ValueError("single_head=True reproduces the authors' Grad-ECLIP code; it does not apply to another "
+                         "explainer")
+    else:
+        method = explainer(scorer, _blocks(scorer, layers))
+    with torch.no_grad():
+        sims = scorer(images).cpu()
+    return column, method, sims
+
+
 @dataclass
 class Binding:
     """Attribute binding in scenes of two objects ``A = (a1, n1)`` and ``B = (a2, n2)`` with ``a1 != a2`` and
@@ -151,17 +170,7 @@ def attribute_binding(model: nn.Module, images: Tensor, masks: Tensor, objects: 
         roles["a1n2"].append(template.format(a1, n2))
         roles["a2n1"].append(template.format(a2, n1))
     prompts = sorted({p for ps in roles.values() for p in ps})
-    column: Dict[str, int] = {p: i for i, p in enumerate(prompts)}
-    scorer = ImageTextSimilarity(model, tokenize(prompts))
-    if explainer is None:
-        method = GradECLIP(scorer, _blocks(scorer, layers), single_head=single_head)
-    elif single_head:
-        raise ValueError("single_head=True reproduces the authors' Grad-ECLIP code; it does not apply to another "
-                         "explainer")
-    else:
-        method = explainer(scorer, _blocks(scorer, layers))
-    with torch.no_grad():
-        sims = scorer(images).cpu()
+    column, method, sims = _explain_prompts(model, images, prompts, tokenize, explainer, layers, single_head)
     rows = torch.arange(n)
     col = {r: torch.tensor([column[p] for p in ps]) for r, ps in roles.items()}
     s = {r: sims[rows, c] for r, c in col.items()}
@@ -251,17 +260,7 @@ def relation_swap(model: nn.Module, images: Tensor, masks: Tensor, objects: Sequ
     true = [template.format(a, rel, b) for (a, b), rel in zip(objects, relations)]
     swapped = [template.format(b, rel, a) for (a, b), rel in zip(objects, relations)]
     prompts = sorted(set(true) | set(swapped))
-    column: Dict[str, int] = {p: i for i, p in enumerate(prompts)}
-    scorer = ImageTextSimilarity(model, tokenize(prompts))
-    if explainer is None:
-        method = GradECLIP(scorer, _blocks(scorer, layers), single_head=single_head)
-    elif single_head:
-        raise ValueError("single_head=True reproduces the authors' Grad-ECLIP code; it does not apply to another "
-                         "explainer")
-    else:
-        method = explainer(scorer, _blocks(scorer, layers))
-    with torch.no_grad():
-        sims = scorer(images).cpu()
+    column, method, sims = _explain_prompts(model, images, prompts, tokenize, explainer, layers, single_head)
     rows = torch.arange(n)
     col_true = torch.tensor([column[p] for p in true])
     col_swap = torch.tensor([column[p] for p in swapped])
