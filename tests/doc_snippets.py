@@ -46,6 +46,8 @@ SKIPPED_BLOCKS = {
     'Client("http://127.0.0.1': "talks to a running `gradeclip serve`; tests/test_serve_app.py makes the same "
                                 "calls through gradio_client against a live server",
     "launch(service": "starts a web server that never exits; tests/test_serve_app.py runs examples/app.py",
+    'pretrained="laion2b_s13b_b82k"': "needs ConvNeXt's LAION weights (no stand-in); tests/test_feature_map_towers.py "
+                                      "makes the same calls on random-weight ConvNeXt towers",
 }
 
 #: Set-up for pages whose blocks continue a guide: the names those blocks use, on the shipped shapes model.
