@@ -1,4 +1,7 @@
-"""Shared machinery of the baselines: scorer checks, hooks, recomputed attention, token layouts, outputs.
+"""Shared machinery of the baselines: attention records and probes, recomputed attention, query rows.
+
+The template they follow (scorer check, layers, hooks, run counting, output shaping) is
+:mod:`captum_gradeclip.token_attribution`.
 
 Nothing here knows model names: towers (:mod:`captum_gradeclip.adapters`) say which blocks exist, which token
 is the pooling query and which tokens are reported; attention adapters give q, k, v and the output projection
@@ -9,51 +12,21 @@ recomputation is checked against the module's own output.
 
 from __future__ import annotations
 
-from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
-from captum._utils.common import _format_additional_forward_args
 from captum._utils.typing import TargetType
-from captum.attr import LayerAttribution
-from captum.attr._utils.attribution import GradientAttribution
 from torch import Tensor, nn
 
 from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
-from ..errors import LayerNotExecutedError, UnsupportedModelError
-from ..hooking import calling_thread_only, check_runs, model_lock
-from ..targets import single_input, target_columns as _target_columns
-
-LayerSpec = Union[nn.Module, Sequence[nn.Module], None]
-Hook = Tuple[nn.Module, str, Callable]  # (module, "pre" | "post", hook taking (module, args, kwargs[, output]))
+from ..hooking import check_runs
+from ..targets import target_columns as _target_columns
+from ..token_attribution import Hook, LayerSpec, as_module_list, run_hooked, scorer_tower
 
 
-# ---------------------------------------------------------------------------------------------- scorer, layers
-def scorer_tower(forward_func: Any, method: str) -> Tower:
-    """The tower of a captum_gradeclip scorer, or a TypeError that says what to pass."""
-    tower = getattr(forward_func, "tower", None)
-    if not isinstance(tower, Tower) or not callable(getattr(forward_func, "score", None)):
-        raise TypeError(
-            f"{method} needs a scorer built by captum_gradeclip (ImageTextSimilarity or TextImageSimilarity) as "
-            f"forward_func, got {type(forward_func).__name__}; wrap your model, e.g. "
-            "ImageTextSimilarity(model, tokens)")
-    return tower
-
-
-def as_module_list(layer: LayerSpec) -> Optional[List[nn.Module]]:
-    """None, one module, or a sequence of modules, as a list (None stays None)."""
-    if layer is None:
-        return None
-    if isinstance(layer, nn.Module) and not isinstance(layer, (nn.ModuleList, nn.Sequential)):
-        return [layer]
-    out = list(layer)
-    if not out:
-        raise ValueError("layer must name at least one block or attention module")
-    return out
-
-
+# ---------------------------------------------------------------------------------------------- layers
 def explained_blocks(forward_func: Any, method: str, layers: LayerSpec, last_only: bool = False) -> List[nn.Module]:
     """The blocks given as ``layers``, or the scorer tower's default: every block (the last one with ``last_only``)."""
     tower = scorer_tower(forward_func, method)
@@ -98,44 +71,6 @@ def probe_gradients(scores: Tensor, target: TargetType, probes: Sequence[Tensor]
 
 
 # -------------------------------------------------------------------------------------------------------- hooks
-@contextmanager
-def hooked(hooks: Sequence[Hook]) -> Iterator[None]:
-    """Register the given hooks for the duration of a ``with`` block; every hook is removed, even on error."""
-    handles = []
-    try:
-        for module, kind, fn in hooks:
-            fn = calling_thread_only(fn)  # forwards of other threads through these modules are not this call's
-            if kind == "pre":
-                handles.append(module.register_forward_pre_hook(fn, with_kwargs=True))
-            else:
-                handles.append(module.register_forward_hook(fn, with_kwargs=True))
-        yield
-    finally:
-        for h in handles:
-            h.remove()
-
-
-def run_hooked(forward_func: Callable, inputs: Tensor, extra: Tuple[Any, ...], hooks: Sequence[Hook]) -> Tensor:
-    """Run the scorer once under ``no_grad`` with the given hooks; every hook is removed, even on error.
-
-    Hooks that need a graph call ``torch.set_grad_enabled(True)`` themselves: the graph then starts at the
-    first hooked layer, and the surrounding ``no_grad`` restores the caller's grad mode on exit.
-    """
-    with hooked(hooks), torch.no_grad():
-        return forward_func(inputs, *extra)
-
-
-def first_tensor_position(args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> Tuple[str, Any]:
-    """Where the hidden states are among a block's arguments: ("arg", index) or ("kw", name)."""
-    for i, a in enumerate(args):
-        if isinstance(a, Tensor):
-            return "arg", i
-    for name, a in kwargs.items():
-        if isinstance(a, Tensor):
-            return "kw", name
-    raise LayerNotExecutedError("the explained block received no tensor input")
-
-
 @dataclass
 class AttentionRecord:
     """What the hooks saw of one attention module during one forward pass."""
@@ -292,60 +227,3 @@ def live_rows(layout: TokenLayout, n: int, length: int) -> Tensor:
     device = layout.report_mask.device
     rows = layout.lam_mask | layout.report_mask | (query_weights(layout, n, length, device) > 0)
     return rows.to(torch.bool)
-
-
-# ------------------------------------------------------------------------------------------------- base class
-class TokenAttribution(LayerAttribution, GradientAttribution):
-    """Base of the baselines: a Captum layer attribution on a captum_gradeclip scorer.
-
-    Subclasses set :attr:`text_supported` and implement :meth:`_token_map`, which returns ``(N, L)`` scores over
-    token positions; the base class validates inputs, zeroes everything outside the reported tokens and shapes
-    the result as ``(N, 1, h, w)`` (image) or ``(N, L)`` (text).
-    """
-
-    text_supported: bool = True
-
-    def __init__(self, forward_func: Callable, blocks: List[nn.Module],
-                 device_ids: Optional[List[int]] = None) -> None:
-        tower = scorer_tower(forward_func, type(self).__name__)
-        if not tower.has_attention:
-            raise UnsupportedModelError(
-                f"{type(self).__name__} reads attention layers; the {tower.side} tower of "
-                f"{type(tower.model).__name__} has none (its last feature map is averaged into the embedding): use "
-                "GradECLIP (Grad-CAM on that feature map, lambda = 1) or captum.attr.LayerGradCam on the scorer")
-        if tower.side != "image" and not self.text_supported:
-            raise ValueError(f"{type(self).__name__} explains images only: pass an ImageTextSimilarity scorer")
-        LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
-        GradientAttribution.__init__(self, forward_func)
-        self.tower: Tower = tower
-
-    def _run(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType,
-             additional_forward_args: Any) -> Union[Tensor, Tuple[Tensor, ...]]:
-        x, is_tuple = single_input(inputs, type(self).__name__)
-        extra = tuple(_format_additional_forward_args(additional_forward_args) or ())
-        self.tower.validate(x, *extra)
-        if x.shape[0] == 0:  # an empty batch: an empty result of the right shape
-            layout = self.tower.layout(x, *extra)
-            out = self._shape(torch.zeros(0, layout.report_mask.shape[1], device=x.device), layout)
-            return (out,) if is_tuple else out
-        # one call at a time per model: hooks fire for every forward through a module (see captum_gradeclip.hooking)
-        with model_lock(self.tower.model), torch.inference_mode(False):
-            layout = self.tower.layout(x, *extra)
-            values = self._token_map(x, extra, layout, target)
-        out = self._shape(values.detach(), layout)
-        return (out,) if is_tuple else out
-
-    def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
-                   target: TargetType) -> Tensor:
-        """The method itself: ``(N, L)`` scores over the explained tower's tokens (each baseline defines it)."""
-        raise NotImplementedError(f"{type(self).__name__} must define _token_map")  # pragma: no cover
-
-    def _shape(self, values: Tensor, layout: TokenLayout) -> Tensor:
-        values = values.float() * layout.report_mask.to(values.device)
-        if layout.grid is None:
-            return values
-        h, w = layout.grid
-        if values.shape[0] == 0:
-            return values.new_zeros(0, 1, h, w)
-        keep = layout.report_mask[0]
-        return values[:, keep].reshape(values.shape[0], 1, h, w)

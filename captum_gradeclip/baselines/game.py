@@ -9,8 +9,9 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..adapters.base import TokenLayout
-from ._common import AttentionRecord, LayerSpec, TokenAttribution, attention_forward, explained_blocks, \
-    last_layer_first, live_rows, probe_attention, probe_gradients, query_row
+from ..token_attribution import LayerSpec, TokenAttribution
+from ._common import AttentionRecord, attention_forward, explained_blocks, last_layer_first, live_rows, \
+    probe_attention, probe_gradients, query_row
 
 
 class GradientWeightedAttention(TokenAttribution):

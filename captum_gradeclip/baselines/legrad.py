@@ -12,8 +12,9 @@ from torch import Tensor, nn
 from ..adapters.attention import attention_adapter
 from ..adapters.base import TokenLayout, Tower
 from ..errors import UnsupportedModelError
-from ._common import AttentionRecord, Hook, LayerSpec, TokenAttribution, as_module_list, batch_first_of, \
-    check_runs, hooked, probe_attention, run_hooked, scorer_tower, selected_scores, target_columns
+from ..hooking import check_runs
+from ..token_attribution import Hook, LayerSpec, TokenAttribution, as_module_list, hooked, run_hooked, scorer_tower
+from ._common import AttentionRecord, batch_first_of, probe_attention, selected_scores, target_columns
 
 FEATURES = ("pooled", "mean")
 

@@ -13,8 +13,9 @@ from torch import Tensor, nn
 from ..adapters.attention import attention_adapter, full_width
 from ..adapters.base import TokenLayout
 from ..errors import UnsupportedModelError
-from ._common import TokenAttribution, batch_first_of, check_runs, first_tensor_position, query_weights, \
-    run_hooked, scorer_tower, target_columns
+from ..hooking import check_runs
+from ..token_attribution import TokenAttribution, first_tensor, run_hooked, scorer_tower
+from ._common import batch_first_of, query_weights, target_columns
 
 
 class MaskCLIPSimilarity(TokenAttribution):
@@ -96,8 +97,7 @@ class MaskCLIPSimilarity(TokenAttribution):
         seen: Dict[str, Any] = {"block": 0, "attn": 0}
 
         def block_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-            where, key = first_tensor_position(args, kwargs)
-            x = args[key] if where == "arg" else kwargs[key]
+            x = first_tensor(args, kwargs)
             seen["x"] = (x if self._batch_first else x.transpose(0, 1)).detach()
             seen["block"] += 1
 

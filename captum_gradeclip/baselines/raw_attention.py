@@ -9,8 +9,8 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..adapters.base import TokenLayout
-from ._common import TokenAttribution, attention_forward, explained_blocks, query_row, recorded_attention, \
-    target_columns
+from ..token_attribution import TokenAttribution
+from ._common import attention_forward, explained_blocks, query_row, recorded_attention, target_columns
 
 
 class RawAttention(TokenAttribution):

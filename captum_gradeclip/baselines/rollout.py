@@ -10,8 +10,9 @@ from captum.log import log_usage
 from torch import Tensor
 
 from ..adapters.base import TokenLayout
-from ._common import LayerSpec, TokenAttribution, attention_forward, explained_blocks, last_layer_first, query_row, \
-    recorded_attention, target_columns
+from ..token_attribution import LayerSpec, TokenAttribution
+from ._common import attention_forward, explained_blocks, last_layer_first, query_row, recorded_attention, \
+    target_columns
 
 
 class AttentionRollout(TokenAttribution):

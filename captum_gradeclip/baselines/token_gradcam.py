@@ -12,8 +12,9 @@ from torch import Tensor, nn
 
 from ..adapters.attention import is_attention_module, attention_adapter
 from ..adapters.base import TokenLayout
-from ._common import TokenAttribution, batch_first_of, check_runs, explained_blocks, first_tensor_position, \
-    probe_gradients, run_hooked
+from ..hooking import check_runs
+from ..token_attribution import TokenAttribution, first_tensor_position, run_hooked
+from ._common import batch_first_of, explained_blocks, probe_gradients
 
 
 class TokenGradCAM(TokenAttribution):

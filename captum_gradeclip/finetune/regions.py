@@ -33,10 +33,10 @@ from torch import Tensor, nn
 
 from ..adapters import image_tower
 from ..adapters.attention import attention_adapter, full_width
-from ..baselines._common import first_tensor_position
 from ..errors import LayerNotExecutedError, UnsupportedModelError
 from ..grad_eclip import GradECLIP
 from ..scorers import ImageTextSimilarity
+from ..token_attribution import first_tensor
 
 __all__ = ["DenseImageEncoder", "phrase_maps", "normalize_maps", "pool_regions", "box_weights", "mask_weights"]
 
@@ -87,8 +87,7 @@ class DenseImageEncoder(nn.Module):
         seen: Dict[str, Any] = {}
 
         def block_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> None:
-            where, key = first_tensor_position(args, kwargs)
-            x = args[key] if where == "arg" else kwargs[key]
+            x = first_tensor(args, kwargs)
             seen["x"] = x if self._batch_first else x.transpose(0, 1)
 
         def attention_hook(module: nn.Module, args: Tuple[Any, ...], kwargs: Dict[str, Any], output: Any) -> None:
