@@ -83,17 +83,15 @@ def images():
     return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(2))
 
 
-def spy_on_fast_path(monkeypatch, name: str) -> list:
-    """Outcomes of ``GradECLIP.<name>`` (a fast path's gradients) during a test: True when it produced the
-    gradients, False when its self-check failed (and the full backward was taken)."""
-    from captum_gradeclip import GradECLIP
-    calls = []
-    original = getattr(GradECLIP, name)
+class RouteLog(list):
+    """Outcomes of one gradient route during a test, as ``GradECLIP(..., on_route=log)`` reports them: True for
+    each call whose maps that route made, False for each call where it was chosen but failed its self-check (and
+    the full backward made the maps)."""
 
-    def spy(self, *args, **kwargs):
-        out = original(self, *args, **kwargs)
-        calls.append(out is not None)
-        return out
+    def __init__(self, route: str) -> None:
+        super().__init__()
+        self.route = route
 
-    monkeypatch.setattr(GradECLIP, name, spy)
-    return calls
+    def __call__(self, report) -> None:
+        if report.chosen == self.route:
+            self.append(report.used == self.route)

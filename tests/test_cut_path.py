@@ -9,7 +9,7 @@ independent references in tests/test_grad_eclip.py (layers [0, 1] and [0]) run t
 
 import pytest
 import torch
-from conftest import make_tokens, spy_on_fast_path
+from conftest import RouteLog, make_tokens
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity
 
@@ -19,29 +19,25 @@ def blocks_of(model, stack):
 
 
 @pytest.fixture
-def cut_calls(monkeypatch):
-    """Outcomes of the cut path in this test: True (used) or False (self-check failed)."""
-    return spy_on_fast_path(monkeypatch, "_cut_gradients")
-
-
-def full_path(monkeypatch, fn):
-    with monkeypatch.context() as m:
-        m.setattr(GradECLIP, "_cut_path", lambda self: None)
-        return fn()
+def cut_calls():
+    """Outcomes of the cut path in this test (pass as ``on_route``): True (used) or False (self-check failed)."""
+    return RouteLog("cut")
 
 
 @pytest.mark.parametrize("stack", ["open_clip", "hf"])
 @pytest.mark.parametrize("which", [(0, 1), (0,), (1, 0)])
-def test_cut_path_equals_full_backward(stack, which, oc_model, hf_model, images, cut_calls, monkeypatch):
+def test_cut_path_equals_full_backward(stack, which, oc_model, hf_model, images, cut_calls):
     model = oc_model if stack == "open_clip" else hf_model
     tokens = make_tokens((5, 7, 9, 12, 6), seed=9)
     blocks = [blocks_of(model, stack)[i] for i in which]
-    ge = GradECLIP(ImageTextSimilarity(model, tokens), blocks, chunk_size=2)
+    ge = GradECLIP(ImageTextSimilarity(model, tokens), blocks, chunk_size=2, on_route=cut_calls)
     every = ge.attribute_all(images)
     per_example = ge.attribute(images, target=[4, 1])
     assert cut_calls == [True, True]
-    ref_every = full_path(monkeypatch, lambda: ge.attribute_all(images))
-    ref_example = full_path(monkeypatch, lambda: ge.attribute(images, target=[4, 1]))
+    full = GradECLIP(ImageTextSimilarity(model, tokens), blocks, chunk_size=2, gradient_route="backward",
+                     on_route=cut_calls)
+    ref_every = full.attribute_all(images)
+    ref_example = full.attribute(images, target=[4, 1])
     assert len(cut_calls) == 2  # the references did not take it
     scale = ref_every.abs().amax()
     assert scale > 0
@@ -53,7 +49,7 @@ def test_cut_path_equals_full_backward(stack, which, oc_model, hf_model, images,
 def test_cut_path_falls_back_when_the_tail_is_wrong(stack, oc_model, hf_model, images, tokens, cut_calls,
                                                     monkeypatch):
     model = oc_model if stack == "open_clip" else hf_model
-    ge = GradECLIP(ImageTextSimilarity(model, tokens), blocks_of(model, stack))
+    ge = GradECLIP(ImageTextSimilarity(model, tokens), blocks_of(model, stack), on_route=cut_calls)
     good = ge.attribute_all(images)
     original = type(ge.tower).pooled_tail
 
@@ -70,7 +66,7 @@ def test_cut_path_falls_back_when_the_tail_is_wrong(stack, oc_model, hf_model, i
 @pytest.mark.parametrize("stack", ["open_clip", "hf"])
 def test_cut_path_under_autocast(stack, oc_model, hf_model, images, tokens, cut_calls):
     model = oc_model if stack == "open_clip" else hf_model
-    ge = GradECLIP(ImageTextSimilarity(model, tokens), blocks_of(model, stack))
+    ge = GradECLIP(ImageTextSimilarity(model, tokens), blocks_of(model, stack), on_route=cut_calls)
     ref = ge.attribute_all(images)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = ge.attribute_all(images)
@@ -82,7 +78,7 @@ def test_cut_path_under_autocast(stack, oc_model, hf_model, images, tokens, cut_
 def test_cut_path_leaves_grad_mode_and_model_alone(oc_model, images, tokens, cut_calls):
     before = {k: v.clone() for k, v in oc_model.state_dict().items()}
     flags = [p.requires_grad for p in oc_model.parameters()]
-    ge = GradECLIP(ImageTextSimilarity(oc_model, tokens), blocks_of(oc_model, "open_clip"))
+    ge = GradECLIP(ImageTextSimilarity(oc_model, tokens), blocks_of(oc_model, "open_clip"), on_route=cut_calls)
     with torch.no_grad():
         ge.attribute_all(images)
         assert not torch.is_grad_enabled()

@@ -8,6 +8,7 @@ from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled
 import reference
 from captum_gradeclip import (GradECLIP, ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity,
                               UnsupportedModelError)
+from captum_gradeclip.gradient_routes import chunk_slices
 
 ATOL = 1e-5
 
@@ -53,12 +54,31 @@ def test_open_clip_image_non_square_matches_reference(oc_model, tokens):
     assert torch.equal(oc_model.visual.positional_embedding, pe)
 
 
-def test_fast_path_equals_full_backward(oc_model, images, tokens, monkeypatch):
+def test_fast_path_equals_full_backward(oc_model, images, tokens):
     scorer = ImageTextSimilarity(oc_model, tokens)
-    fast = GradECLIP(scorer).attribute_all(images)
-    monkeypatch.setattr(type(scorer.tower), "pooled_tail", lambda self, m: None)
-    slow = GradECLIP(scorer).attribute_all(images)
+    reports = []
+    fast = GradECLIP(scorer, on_route=reports.append).attribute_all(images)
+    slow = GradECLIP(scorer, gradient_route="backward", on_route=reports.append).attribute_all(images)
+    assert [(r.chosen, r.used) for r in reports] == [("pooled_tail", "pooled_tail"), ("backward", "backward")]
     torch.testing.assert_close(fast, slow, atol=1e-6, rtol=1e-5)
+
+
+def test_gradient_route_option(oc_model, images, tokens):
+    """A named route is taken where it applies and gives the same maps; one that does not apply is a ValueError."""
+    scorer = ImageTextSimilarity(oc_model, tokens)
+    blocks = list(oc_model.visual.transformer.resblocks)
+    reports = []
+    auto = GradECLIP(scorer, blocks).attribute_all(images)
+    for route in ("cut", "backward"):
+        forced = GradECLIP(scorer, blocks, gradient_route=route, on_route=reports.append).attribute_all(images)
+        torch.testing.assert_close(forced, auto, atol=1e-6, rtol=1e-5)
+    assert [r.used for r in reports] == ["cut", "backward"]
+    with pytest.raises(ValueError, match="pooled_tail"):  # two layers: no one-layer tail
+        GradECLIP(scorer, blocks, gradient_route="pooled_tail").attribute_all(images)
+    with pytest.raises(ValueError, match="row_tail"):  # an image tower has no row tail
+        GradECLIP(scorer, gradient_route="row_tail").attribute(images, target=0)
+    with pytest.raises(ValueError, match="gradient_route"):
+        GradECLIP(scorer, gradient_route="fast")
 
 
 # ---------------------------------------------------------------------------------------------- open_clip text
@@ -163,30 +183,27 @@ def test_attribute_all_equals_stacked_attribute(oc_model, images, tokens):
                                torch.stack([tge.attribute(tokens, target=k) for k in range(2)], dim=1))
 
 
-def test_automatic_chunk_size_bounds_rows_and_keeps_maps(oc_model, images, monkeypatch):
+def test_automatic_chunk_size_bounds_rows_and_keeps_maps(oc_model, images):
     """chunk_size=None: targets per batched backward follow the token rows; the maps do not depend on it."""
-    import captum_gradeclip.grad_eclip as core
     from conftest import make_tokens
     tokens = make_tokens((5, 7, 9, 12, 6, 8, 4), seed=5)
     scorer = ImageTextSimilarity(oc_model, tokens)
     blocks = list(oc_model.visual.transformer.resblocks)
-    auto = GradECLIP(scorer, blocks)
-    assert auto.chunk_size is None
-    assert auto._chunks(7, 2 * 17) == [slice(0, 7)]  # 7 x 34 rows fit: one backward
-    monkeypatch.setattr(core, "_AUTO_MAX_ROWS", 3 * 34)  # 3 targets of 34 rows per backward
-    assert auto._chunks(7, 34) == [slice(0, 3), slice(3, 6), slice(6, 7)]
-    assert auto._chunks(2, 10 ** 6) == [slice(0, 1), slice(1, 2)]  # never fewer than one target
-    assert GradECLIP(scorer, blocks, chunk_size=4)._chunks(7, 10 ** 6) == [slice(0, 4), slice(4, 7)]
-    seen = []
-    vjp = GradECLIP._vjp
-    monkeypatch.setattr(GradECLIP, "_vjp", lambda self, out, wrt, vectors, retain:
-                        seen.append(vectors.shape[0]) or vjp(self, out, wrt, vectors, retain))
+    assert GradECLIP(scorer, blocks).chunk_size is None
+    assert chunk_slices(7, 2 * 17) == [slice(0, 7)]  # 7 x 34 rows fit: one backward
+    assert chunk_slices(7, 34, max_rows=3 * 34) == [slice(0, 3), slice(3, 6), slice(6, 7)]
+    assert chunk_slices(2, 10 ** 6) == [slice(0, 1), slice(1, 2)]  # never fewer than one target
+    assert chunk_slices(7, 10 ** 6, chunk_size=4) == [slice(0, 4), slice(4, 7)]
+    reports = []
+    auto = GradECLIP(scorer, blocks, max_rows_per_backward=3 * 34, on_route=reports.append)  # 3 targets of 34 rows
     maps = auto.attribute_all(images)  # probe path: 2 images x 17 tokens per target
-    assert seen == [3, 3, 1]  # 3 + 3 + 1 targets of 34 rows
+    assert [r.vjp_batches for r in reports] == [(3, 3, 1)]  # 3 + 3 + 1 targets of 34 rows
     torch.testing.assert_close(maps, GradECLIP(scorer, blocks, chunk_size=7).attribute_all(images),
                                atol=1e-6, rtol=1e-5)
     with pytest.raises(ValueError, match="chunk_size"):
         GradECLIP(scorer, chunk_size=True)
+    with pytest.raises(ValueError, match="max_rows_per_backward"):
+        GradECLIP(scorer, max_rows_per_backward=0)
 
 
 @pytest.mark.parametrize("path", ["image fast", "image probe", "text row tail", "text full"])
@@ -196,21 +213,20 @@ def test_more_targets_than_embedding_dimensions(path, oc_model, images, monkeypa
     from conftest import make_tokens
     e = oc_model.text_projection.shape[1]
     k = e + 8
+    reports = []
     if path.startswith("image"):
         tokens = make_tokens(tuple(4 + i % 9 for i in range(k)), seed=6)
         blocks = None if path == "image fast" else list(oc_model.visual.transformer.resblocks)
-        ge = GradECLIP(ImageTextSimilarity(oc_model, tokens), blocks, chunk_size=5)
+        ge = GradECLIP(ImageTextSimilarity(oc_model, tokens), blocks, chunk_size=5, on_route=reports.append)
         inputs = images
     else:
         fixed = torch.randn(k, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-        ge = GradECLIP(TextImageSimilarity(oc_model, fixed), chunk_size=5)
+        ge = GradECLIP(TextImageSimilarity(oc_model, fixed), chunk_size=5, on_route=reports.append)
         inputs = make_tokens((6, 9, 12), seed=8)
         if path == "text full":
             monkeypatch.setattr(type(ge.tower), "row_tail", lambda self, *a, **kw: None)
-    vjp, seen = GradECLIP._vjp, []
-    monkeypatch.setattr(GradECLIP, "_vjp", lambda self, out, wrt, vectors, retain:
-                        seen.append(vectors.shape[0]) or vjp(self, out, wrt, vectors, retain))
     every = ge.attribute_all(inputs)
+    seen = list(reports[0].vjp_batches)
     if path in ("image fast", "text row tail"):  # one-row paths: copies of the row, no batched vjp at all
         assert seen == []
     else:
@@ -392,7 +408,10 @@ def test_fast_path_self_check_falls_back(oc_model, images, tokens, monkeypatch):
         return None if tail is None else (lambda x, y: tail(x, 2 * y))  # a tail that is not the model's
 
     monkeypatch.setattr(tower_cls, "pooled_tail", wrong_tail)
-    torch.testing.assert_close(GradECLIP(scorer).attribute_all(images), good, atol=1e-6, rtol=1e-5)
+    reports = []
+    torch.testing.assert_close(GradECLIP(scorer, on_route=reports.append).attribute_all(images), good,
+                               atol=1e-6, rtol=1e-5)
+    assert [(r.chosen, r.used, r.fell_back) for r in reports] == [("pooled_tail", "backward", True)]
 
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])

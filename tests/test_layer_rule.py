@@ -95,18 +95,18 @@ def test_hf_references_under_the_other_rule(hf_model, images, tokens):
 # ------------------------------------------------------------------------------------------- every route
 # (model, side, explained blocks, single_head, force the full backward, the route the call must take)
 ROUTES = {
-    "image pooled tail": ("open_clip", "image", [1], False, False, "pooled"),
+    "image pooled tail": ("open_clip", "image", [1], False, False, "pooled_tail"),
     "image cut path": ("open_clip", "image", [0, 1], False, False, "cut"),
     "image cut path, first block only": ("open_clip", "image", [0], False, False, "cut"),
-    "image full backward": ("open_clip", "image", [0, 1], False, True, "full"),
-    "image single_head": ("open_clip", "image", [0, 1], True, False, "full"),
-    "text row tail": ("open_clip", "text", [0, 1, 2], False, False, "row"),
-    "text row tail, one block": ("open_clip", "text", [1], False, False, "row"),
-    "text full backward": ("open_clip", "text", [0, 1, 2], False, True, "full"),
-    "text single_head": ("open_clip", "text", [0, 1, 2], True, False, "full"),
+    "image full backward": ("open_clip", "image", [0, 1], False, True, "backward"),
+    "image single_head": ("open_clip", "image", [0, 1], True, False, "backward"),
+    "text row tail": ("open_clip", "text", [0, 1, 2], False, False, "row_tail"),
+    "text row tail, one block": ("open_clip", "text", [1], False, False, "row_tail"),
+    "text full backward": ("open_clip", "text", [0, 1, 2], False, True, "backward"),
+    "text single_head": ("open_clip", "text", [0, 1, 2], True, False, "backward"),
     "hf image cut path": ("hf", "image", [0, 1], False, False, "cut"),
-    "hf text row tail": ("hf", "text", [0, 2], False, False, "row"),
-    "hf text full backward": ("hf", "text", [0, 1, 2], False, True, "full"),
+    "hf text row tail": ("hf", "text", [0, 2], False, False, "row_tail"),
+    "hf text full backward": ("hf", "text", [0, 1, 2], False, True, "backward"),
 }
 
 
@@ -117,18 +117,17 @@ def _blocks(model, side):
     return list(model.transformer.resblocks) if hasattr(model, "transformer") else list(model.text_model.encoder.layers)
 
 
+class RoutesTaken(list):
+    """The gradient routes of the calls it is passed to as ``on_route``: the route chosen and, where a fast route
+    fell back, the full backward as well."""
+
+    def __call__(self, report):
+        self.extend([report.chosen, report.used] if report.fell_back else [report.chosen])
+
+
 @pytest.fixture
-def routes_taken(monkeypatch):
-    """The gradient route of every ``_gradients`` call of the test."""
-    taken = []
-    original = GradECLIP._gradients
-
-    def spy(self, scores, embedding, columns, records, fast, layout):
-        taken.append("full" if fast is None else "row" if fast.row is not None else "cut" if fast.cut else "pooled")
-        return original(self, scores, embedding, columns, records, fast, layout)
-
-    monkeypatch.setattr(GradECLIP, "_gradients", spy)
-    return taken
+def routes_taken():
+    return RoutesTaken()
 
 
 @pytest.fixture
@@ -136,9 +135,10 @@ def models(oc_model, hf_model):
     return {"open_clip": oc_model, "hf": hf_model}
 
 
-def _explainers(models, images, route):
-    """The route's inputs, extra forward arguments and one explainer per rule."""
-    kind, side, explained, single_head, _, _ = ROUTES[route]
+def _explainers(models, images, route, on_route=None):
+    """The route's inputs, extra forward arguments and one explainer per rule (on the full backward where the
+    route says so)."""
+    kind, side, explained, single_head, full, _ = ROUTES[route]
     model = models[kind]
     tokens = make_tokens((5, 7, 9, 12), seed=4) if side == "image" else make_tokens((6, 9, 12), seed=3)
     mask = (torch.arange(CONTEXT)[None] <= tokens.argmax(-1)[:, None]).long()
@@ -151,16 +151,16 @@ def _explainers(models, images, route):
         scorer = TextImageSimilarity(model, torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(8)))
         inputs, extra = tokens, (None if kind == "open_clip" else mask)
     blocks = [_blocks(model, side)[i] for i in explained]
-    return inputs, extra, {rule: GradECLIP(scorer, blocks, single_head=single_head, chunk_size=3, layer_rule=rule)
+    gradient_route = "backward" if full else "auto"
+    return inputs, extra, {rule: GradECLIP(scorer, blocks, single_head=single_head, chunk_size=3, layer_rule=rule,
+                                           gradient_route=gradient_route, on_route=on_route)
                            for rule in RULES}
 
 
 @pytest.mark.parametrize("route", list(ROUTES))
-def test_attribute_all_equals_stacked_attribute_under_both_rules(route, models, images, routes_taken, monkeypatch):
-    _, _, explained, _, full, expected = ROUTES[route]
-    if full:
-        monkeypatch.setattr(GradECLIP, "_fast_path", lambda self, layout: None)
-    inputs, extra, explainers = _explainers(models, images, route)
+def test_attribute_all_equals_stacked_attribute_under_both_rules(route, models, images, routes_taken):
+    _, _, explained, _, _, expected = ROUTES[route]
+    inputs, extra, explainers = _explainers(models, images, route, routes_taken)
     maps = {}
     for rule, ge in explainers.items():
         every = ge.attribute_all(inputs, additional_forward_args=extra)
@@ -184,19 +184,17 @@ def test_attribute_all_equals_stacked_attribute_under_both_rules(route, models, 
 
 @pytest.mark.parametrize("route", ["image cut path", "image full backward", "text row tail", "text full backward",
                                    "hf image cut path", "hf text row tail"])
-def test_relu_then_sum_is_the_sum_of_single_layer_maps(route, models, images, monkeypatch):
+def test_relu_then_sum_is_the_sum_of_single_layer_maps(route, models, images):
     """dS/do of a layer does not depend on which other layers are explained: ReLU per layer, then sum, equals the
     sum of the one-layer maps (each computed on its own route). Not with ``single_head``: it re-runs every explained
     block with one head, so explaining other blocks changes the model being explained."""
     kind, side, explained, _, full, _ = ROUTES[route]
-    if full:
-        monkeypatch.setattr(GradECLIP, "_fast_path", lambda self, layout: None)
     inputs, extra, explainers = _explainers(models, images, route)
     ge = explainers["relu_then_sum"]
     together = ge.attribute_all(inputs, additional_forward_args=extra)
     blocks = _blocks(models[kind], side)
-    alone = sum(GradECLIP(ge.forward_func, blocks[i]).attribute_all(inputs, additional_forward_args=extra)
-                for i in explained)
+    alone = sum(GradECLIP(ge.forward_func, blocks[i], gradient_route=ge.gradient_route).attribute_all(
+        inputs, additional_forward_args=extra) for i in explained)
     scale = float(together.abs().max())
     torch.testing.assert_close(together / scale, alone / scale, atol=1e-5, rtol=1e-4)
 

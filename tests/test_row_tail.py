@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled, spy_on_fast_path
+from conftest import CONTEXT, RouteLog, make_hf_clip, make_open_clip, make_tokens, pooled
 from torch import nn
 
 import reference
@@ -18,16 +18,14 @@ EMBED = 32
 
 
 @pytest.fixture
-def row_calls(monkeypatch):
-    """Outcomes of GradECLIP._row_gradients in this test: True (row tail used) or False (self-check failed)."""
-    return spy_on_fast_path(monkeypatch, "_row_gradients")
+def row_calls():
+    """Outcomes of the row tail in this test (pass as ``on_route``): True (used) or False (self-check failed)."""
+    return RouteLog("row_tail")
 
 
-def full_path(scorer, layers, monkeypatch, fn):
-    """``fn(GradECLIP(scorer, layers))`` with the row tail switched off (today's full backward)."""
-    with monkeypatch.context() as m:
-        m.setattr(type(scorer.tower), "row_tail", lambda self, *a, **k: None)
-        return fn(GradECLIP(scorer, layers))
+def full_path(scorer, layers, fn):
+    """``fn(GradECLIP(scorer, layers))`` on the full backward (the route before the row tail existed)."""
+    return fn(GradECLIP(scorer, layers, gradient_route="backward"))
 
 
 def assert_maps_close(ours, ref):
@@ -57,7 +55,7 @@ LAYERS = {"default": None, "last": [2], "first only": [0], "middle": [1], "non-c
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])
 @pytest.mark.parametrize("layers", list(LAYERS))
-def test_row_tail_equals_full_path(kind, layers, row_calls, monkeypatch):
+def test_row_tail_equals_full_path(kind, layers, row_calls):
     mdl = model(kind)
     scorer = TextImageSimilarity(mdl, fixed_images())
     blocks = None if LAYERS[layers] is None else [scorer.tower.blocks()[i] for i in LAYERS[layers]]
@@ -71,16 +69,16 @@ def test_row_tail_equals_full_path(kind, layers, row_calls, monkeypatch):
         one = ge.attribute(tokens, target=[3, 1, 0, 4], additional_forward_args=extra)
         return every, some, one
 
-    ours = run(GradECLIP(scorer, blocks))
+    ours = run(GradECLIP(scorer, blocks, on_route=row_calls))
     assert row_calls and all(row_calls)
-    ref = full_path(scorer, blocks, monkeypatch, run)
+    ref = full_path(scorer, blocks, run)
     for a, b in zip(ours, ref):
         assert_maps_close(a, b)
     torch.testing.assert_close(ours[1], ours[0][:, [4, 0, 2]])
     torch.testing.assert_close(ours[2], ours[0][torch.arange(4), [3, 1, 0, 4]])
 
 
-def test_row_tail_hf_padding_and_batch(row_calls, monkeypatch):
+def test_row_tail_hf_padding_and_batch(row_calls):
     """HF ids padded to different lengths with an attention mask (padding id 0 and a pad id equal to nothing the
     model knows), a batch equal to its captions one at a time."""
     mdl = model("hf")
@@ -88,12 +86,12 @@ def test_row_tail_hf_padding_and_batch(row_calls, monkeypatch):
     tokens = make_tokens(lengths=(3, 10, 7))
     mask = hf_mask(tokens)
     tokens = tokens.masked_fill(mask == 0, 5)  # padding that is not id 0: only the mask hides it
-    ge = GradECLIP(scorer, chunk_size=3)
+    ge = GradECLIP(scorer, chunk_size=3, on_route=row_calls)
     batch = ge.attribute_all(tokens, additional_forward_args=mask)
     single = torch.cat([ge.attribute_all(tokens[i:i + 1], additional_forward_args=mask[i:i + 1]) for i in range(3)])
     assert_maps_close(batch, single)
     assert row_calls and all(row_calls)
-    ref = full_path(scorer, None, monkeypatch, lambda g: g.attribute_all(tokens, additional_forward_args=mask))
+    ref = full_path(scorer, None, lambda g: g.attribute_all(tokens, additional_forward_args=mask))
     assert_maps_close(batch, ref)
     assert (batch[mask[:, None, :].expand_as(batch) == 0] == 0).all()
 
@@ -104,7 +102,7 @@ def test_row_tail_matches_reference_non_contiguous(kind, images, tokens, row_cal
     mdl = model(kind)
     scorer = TextImageSimilarity(mdl, images)
     explained = [0, 2]
-    ge = GradECLIP(scorer, [scorer.tower.blocks()[i] for i in explained])
+    ge = GradECLIP(scorer, [scorer.tower.blocks()[i] for i in explained], on_route=row_calls)
     with torch.no_grad():
         if kind == "open_clip":
             imf = F.normalize(mdl.encode_image(images), dim=-1)
@@ -129,13 +127,13 @@ def text_case(kind):
 
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])
-def test_row_tail_autocast_bf16(kind, row_calls, monkeypatch):
+def test_row_tail_autocast_bf16(kind, row_calls):
     scorer, tokens, extra = text_case(kind)
-    ge = GradECLIP(scorer, chunk_size=2)
+    ge = GradECLIP(scorer, chunk_size=2, on_route=row_calls)
     ref = ge.attribute_all(tokens, additional_forward_args=extra)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         low = ge.attribute_all(tokens, additional_forward_args=extra)
-        full = full_path(scorer, None, monkeypatch, lambda g: g.attribute_all(tokens, additional_forward_args=extra))
+        full = full_path(scorer, None, lambda g: g.attribute_all(tokens, additional_forward_args=extra))
     assert row_calls == [True, True]  # fp32, then bf16: the self-check passed under autocast too
     assert low.dtype == torch.float32 and torch.isfinite(low).all()
     # the tolerance of tests/test_grad_eclip.py::test_autocast_bf16_close_to_fp32
@@ -146,7 +144,7 @@ def test_row_tail_autocast_bf16(kind, row_calls, monkeypatch):
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])
 def test_row_tail_self_check_falls_back(kind, row_calls, monkeypatch):
     scorer, tokens, extra = text_case(kind)
-    good = GradECLIP(scorer).attribute_all(tokens, additional_forward_args=extra)
+    good = GradECLIP(scorer, on_route=row_calls).attribute_all(tokens, additional_forward_args=extra)
     tower_cls = type(scorer.tower)
     original = tower_cls.row_tail
 
@@ -155,9 +153,9 @@ def test_row_tail_self_check_falls_back(kind, row_calls, monkeypatch):
         return dataclasses.replace(tail, head=lambda x: tail.head(x * (torch.arange(x.shape[-1]) % 2)))
 
     monkeypatch.setattr(tower_cls, "row_tail", wrong)
-    fallback = GradECLIP(scorer).attribute_all(tokens, additional_forward_args=extra)
+    fallback = GradECLIP(scorer, on_route=row_calls).attribute_all(tokens, additional_forward_args=extra)
     assert row_calls == [True, False]
-    ref = full_path(scorer, None, monkeypatch, lambda g: g.attribute_all(tokens, additional_forward_args=extra))
+    ref = full_path(scorer, None, lambda g: g.attribute_all(tokens, additional_forward_args=extra))
     torch.testing.assert_close(fallback, ref)
     assert_maps_close(fallback, good)
 
@@ -176,13 +174,13 @@ def _tiny_text_clip(cls=open_clip.CLIP, **text):
                                        (open_clip.CustomTextCLIP, dict(pool_type="eos", eos_id=99))],
                          ids=["linear projection", "no projection", "layer scale", "TextTransformer",
                               "TextTransformer eos"])
-def test_row_tail_open_clip_variants(cls, text, row_calls, monkeypatch):
+def test_row_tail_open_clip_variants(cls, text, row_calls):
     mdl = _tiny_text_clip(cls, **text)
     scorer = TextImageSimilarity(mdl, fixed_images())
     tokens = make_tokens()
-    ours = GradECLIP(scorer, chunk_size=2).attribute_all(tokens)
+    ours = GradECLIP(scorer, chunk_size=2, on_route=row_calls).attribute_all(tokens)
     assert row_calls == [True]
-    assert_maps_close(ours, full_path(scorer, None, monkeypatch, lambda g: g.attribute_all(tokens)))
+    assert_maps_close(ours, full_path(scorer, None, lambda g: g.attribute_all(tokens)))
 
 
 def test_row_tail_declines_what_it_does_not_know(row_calls):
@@ -216,11 +214,12 @@ def test_row_tail_declines_what_it_does_not_know(row_calls):
 
     # single_head=True never takes the row tail
     tokens = make_tokens()
-    GradECLIP(TextImageSimilarity(model("open_clip"), fixed_images()), single_head=True).attribute_all(tokens)
+    GradECLIP(TextImageSimilarity(model("open_clip"), fixed_images()), single_head=True,
+              on_route=row_calls).attribute_all(tokens)
     assert row_calls == []
 
 
-def test_row_tail_hf_with_projection_and_metaclip2(row_calls, monkeypatch):
+def test_row_tail_hf_with_projection_and_metaclip2(row_calls):
     transformers = pytest.importorskip("transformers")
     text = dict(vocab_size=100, hidden_size=48, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3,
                 max_position_embeddings=CONTEXT, eos_token_id=99, bos_token_id=98, pad_token_id=0)
@@ -236,7 +235,7 @@ def test_row_tail_hf_with_projection_and_metaclip2(row_calls, monkeypatch):
         torch.manual_seed(0)
         scorer = TextImageSimilarity(mdl.eval(), fixed_images())
         row_calls.clear()
-        ours = GradECLIP(scorer).attribute_all(tokens, additional_forward_args=mask)
+        ours = GradECLIP(scorer, on_route=row_calls).attribute_all(tokens, additional_forward_args=mask)
         assert row_calls == [True], type(mdl).__name__
-        ref = full_path(scorer, None, monkeypatch, lambda g: g.attribute_all(tokens, additional_forward_args=mask))
+        ref = full_path(scorer, None, lambda g: g.attribute_all(tokens, additional_forward_args=mask))
         assert_maps_close(ours, ref)
