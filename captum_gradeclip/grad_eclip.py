@@ -17,13 +17,13 @@ from captum.log import log_usage
 from torch import Tensor, nn
 
 from .adapters.attention import AttentionAdapter, full_width
-from .adapters.base import TokenLayout
+from .adapters.base import TokenLayout, Tower
 from .gradient_routes import AUTO_MAX_ROWS, ROUTE_NAMES, Backward, FullBackwardRoute, LayerRecord, RouteReport, \
     RouteSetup, choose_route, query_output, query_positions
 from .hooking import model_lock
 from .layer_rules import LAYER_RULES, PAPER_LAYER_RULES, combine_layer_maps
 from .targets import check_target, index_tensor, target_columns
-from .token_attribution import LayerSpec, TokenAttribution, as_module_list, scorer_tower, shape_token_maps
+from .token_attribution import LayerSpec, TokenAttribution, shape_token_maps
 
 __all__ = ["GradECLIP", "LAYER_RULES", "PAPER_LAYER_RULES", "combine_layer_maps"]
 
@@ -80,9 +80,9 @@ class GradECLIP(TokenAttribution):
     on its own device threads.
 
     The gradients ``dS/dy`` come from one of several gradient routes (``gradient_route``), which differ in
-    cost, never in the maps. Errors in the backward pass reach the caller as themselves; a batched backward that runs out of memory is
-    retried with half the targets (with a warning), and a single target that does not fit raises the
-    out-of-memory error itself.
+    cost, never in the maps. Errors in the backward pass reach the caller as themselves; a batched backward
+    that runs out of memory is retried with half the targets (with a warning), and a single target that does
+    not fit raises the out-of-memory error itself.
 
     Args:
         forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer whose output columns are
@@ -134,8 +134,7 @@ class GradECLIP(TokenAttribution):
                  *, single_head: bool = False, chunk_size: Optional[int] = None, layer_rule: Optional[str] = None,
                  gradient_route: str = "auto", on_route: Optional[Callable[[RouteReport], None]] = None,
                  max_rows_per_backward: int = AUTO_MAX_ROWS) -> None:
-        tower = scorer_tower(forward_func, "GradECLIP")
-        blocks = as_module_list(layer) or tower.default_layers()
+        super().__init__(forward_func, layer, device_ids)  # the scorer's tower and the explained blocks
         if chunk_size is not None and not _positive_int(chunk_size):
             raise ValueError(f"chunk_size must be a positive int or None (automatic), got {chunk_size!r}")
         if not _positive_int(max_rows_per_backward):
@@ -145,8 +144,8 @@ class GradECLIP(TokenAttribution):
                              f"{LAYER_RULES}, got {layer_rule!r}")
         if gradient_route not in ROUTE_NAMES:
             raise ValueError(f"gradient_route must be one of {ROUTE_NAMES}, got {gradient_route!r}")
-        super().__init__(forward_func, blocks, device_ids)
-        self.attention_modules: List[nn.Module] = tower.resolve(blocks)
+        tower = self.tower
+        self.attention_modules: List[nn.Module] = tower.resolve(self.blocks)
         self.single_head = bool(single_head)
         self.chunk_size = chunk_size
         self.max_rows_per_backward = max_rows_per_backward
@@ -155,6 +154,9 @@ class GradECLIP(TokenAttribution):
         self.on_route = on_route
         self._routes = RouteSetup(forward_func, tower, tuple(self.attention_modules), self.single_head)
         self._warned: Set[str] = set()  # messages of _warn_once (calls run under the model's lock)
+
+    def _default_blocks(self, tower: Tower) -> List[nn.Module]:
+        return tower.default_layers()  # see captum_gradeclip.default_layers
 
     def _warn_once(self, message: str) -> None:
         """A RuntimeWarning the first time this explainer meets ``message``."""

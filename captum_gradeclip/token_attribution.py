@@ -19,6 +19,7 @@ from captum._utils.common import _format_additional_forward_args
 from captum._utils.typing import TargetType
 from captum.attr import LayerAttribution
 from captum.attr._utils.attribution import GradientAttribution
+from captum.log import log_usage
 from torch import Tensor, nn
 
 from .adapters.base import TokenLayout, Tower
@@ -123,10 +124,17 @@ def shape_token_maps(values: Tensor, layout: TokenLayout) -> Tensor:
 class TokenAttribution(LayerAttribution, GradientAttribution):
     """Base of the token-level explainers: a Captum layer attribution on a captum_gradeclip scorer.
 
-    Subclasses set :attr:`attention_required` and :attr:`text_supported`, and either implement
-    :meth:`_token_map` (``(N, L)`` scores over token positions, for one target per example; :meth:`_run` then
-    validates the inputs, holds the model's lock and shapes the result as ``(N, 1, h, w)`` or ``(N, L)``) or
-    drive these steps themselves (GradECLIP, which explains many targets at once).
+    Subclasses set :attr:`attention_required` and :attr:`text_supported`, may override :meth:`_default_blocks`,
+    and either implement :meth:`_token_map` (``(N, L)`` scores over token positions for one target per example;
+    :meth:`attribute` then validates the inputs, holds the model's lock and shapes the result as
+    ``(N, 1, h, w)`` or ``(N, L)``) or drive these steps themselves (GradECLIP, which explains many targets at
+    once).
+
+    Args:
+        forward_func (ImageTextSimilarity or TextImageSimilarity): the scorer.
+        layers (nn.Module or list of nn.Module, optional): blocks (or attention modules) of the scorer's tower.
+            Default: :meth:`_default_blocks` (every block, unless the method says otherwise)
+        device_ids (list of int, optional): kept for Captum's signature. Default: None
     """
 
     #: Whether the scorer's tower must have attention layers (the attention-reading baselines).
@@ -134,9 +142,10 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
     #: Whether text scorers are explained (else: images only).
     text_supported: bool = True
 
-    def __init__(self, forward_func: Callable, blocks: List[nn.Module],
+    def __init__(self, forward_func: Callable, layers: LayerSpec = None,
                  device_ids: Optional[List[int]] = None) -> None:
         tower = scorer_tower(forward_func, type(self).__name__)
+        blocks = as_module_list(layers)
         if self.attention_required and not tower.has_attention:
             raise UnsupportedModelError(
                 f"{type(self).__name__} reads attention layers; the {tower.side} tower of "
@@ -144,11 +153,34 @@ class TokenAttribution(LayerAttribution, GradientAttribution):
                 "GradECLIP (Grad-CAM on that feature map, lambda = 1) or captum.attr.LayerGradCam on the scorer")
         if tower.side != "image" and not self.text_supported:
             raise ValueError(f"{type(self).__name__} explains images only: pass an ImageTextSimilarity scorer")
-        if not blocks:
-            raise ValueError("layer must name at least one block or attention module")
+        if blocks is None:
+            blocks = self._default_blocks(tower)
         LayerAttribution.__init__(self, forward_func, blocks if len(blocks) > 1 else blocks[0], device_ids)
         GradientAttribution.__init__(self, forward_func)
         self.tower: Tower = tower
+        self.blocks: List[nn.Module] = blocks
+
+    def _default_blocks(self, tower: Tower) -> List[nn.Module]:
+        """The explained blocks when none are given: every block of the tower."""
+        return tower.blocks()
+
+    @log_usage()
+    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
+                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
+        r"""The method's map of one target per example over the explained tokens.
+
+        Args:
+            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
+            target (int, tuple, Tensor or list, optional): the scorer's column to explain (Captum semantics);
+                None only for a one-column scorer. Class-agnostic methods (raw attention, rollout) ignore it and
+                validate it only when given. Default: None
+            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
+
+        Returns:
+            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
+            non-negative.
+        """
+        return self._run(inputs, target, additional_forward_args)
 
     def _inputs(self, inputs: Union[Tensor, Tuple[Tensor, ...]], additional_forward_args: Any
                 ) -> Tuple[Tensor, Tuple[Any, ...], bool]:

@@ -23,19 +23,10 @@ from ..adapters.attention import AttentionAdapter, attention_adapter, full_width
 from ..adapters.base import TokenLayout, Tower
 from ..hooking import check_runs
 from ..targets import target_columns as _target_columns
-from ..token_attribution import Hook, LayerSpec, as_module_list, run_hooked, scorer_tower
+from ..token_attribution import Hook, run_hooked
 
 
 # ---------------------------------------------------------------------------------------------- layers
-def explained_blocks(forward_func: Any, method: str, layers: LayerSpec, last_only: bool = False) -> List[nn.Module]:
-    """The blocks given as ``layers``, or the scorer tower's default: every block (the last one with ``last_only``)."""
-    tower = scorer_tower(forward_func, method)
-    blocks = as_module_list(layers)
-    if blocks is None:
-        blocks = tower.blocks()[-1:] if last_only else tower.blocks()
-    return blocks
-
-
 def batch_first_of(tower: Tower, block: nn.Module) -> bool:
     """Whether the block's token tensors are (N, L, D) (True) or (L, N, D), read from its attention module."""
     return bool(getattr(attention_adapter(tower.attention_of(block)), "batch_first", True))

@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 from captum._utils.typing import TargetType
-from captum.log import log_usage
 from torch import Tensor
 
 from ..adapters.base import TokenLayout
 from ..token_attribution import LayerSpec, TokenAttribution
-from ._common import AttentionRecord, attention_forward, explained_blocks, last_layer_first, live_rows, \
+from ._common import AttentionRecord, attention_forward, last_layer_first, live_rows, \
     probe_attention, probe_gradients, query_row
 
 
@@ -57,26 +56,8 @@ class GradientWeightedAttention(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layers: LayerSpec = None,
                  device_ids: Optional[List[int]] = None) -> None:
-        blocks = explained_blocks(forward_func, type(self).__name__, layers)
-        super().__init__(forward_func, blocks, device_ids)
-        self.attention_modules = self.tower.resolve(blocks)
-
-    @log_usage()
-    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
-                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
-        r"""The query's row of the gradient-weighted relevance over the explained tokens.
-
-        Args:
-            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
-            target (int, tuple, Tensor or list, optional): the scorer's column to explain (Captum semantics);
-                None only for a one-column scorer. Default: None
-            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
-
-        Returns:
-            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
-            non-negative.
-        """
-        return self._run(inputs, target, additional_forward_args)
+        super().__init__(forward_func, layers, device_ids)
+        self.attention_modules = self.tower.resolve(self.blocks)
 
     def _forward(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout
                  ) -> Tuple[Tensor, List[AttentionRecord]]:

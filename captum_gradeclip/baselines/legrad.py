@@ -99,7 +99,6 @@ class LeGrad(TokenAttribution):
                              "is pooled by an attention pooler: use feature='pooled'")
         blocks = _chosen_blocks(tower, candidates, layers)
         super().__init__(forward_func, blocks, device_ids)
-        self.blocks = blocks
         self.head = head
         self.feature = feature
         if self.pooler is None:

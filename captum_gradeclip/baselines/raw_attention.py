@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, List, Optional, Tuple, Union
+from typing import Any, Callable, List, Optional, Tuple
 
 from captum._utils.typing import TargetType
-from captum.log import log_usage
 from torch import Tensor, nn
 
-from ..adapters.base import TokenLayout
+from ..adapters.base import TokenLayout, Tower
 from ..token_attribution import TokenAttribution
-from ._common import attention_forward, explained_blocks, query_row, recorded_attention, target_columns
+from ._common import attention_forward, query_row, recorded_attention, target_columns
 
 
 class RawAttention(TokenAttribution):
@@ -41,27 +40,13 @@ class RawAttention(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layer: Optional[nn.Module] = None,
                  device_ids: Optional[List[int]] = None) -> None:
-        blocks = explained_blocks(forward_func, type(self).__name__, layer, last_only=True)
-        if len(blocks) != 1:
+        super().__init__(forward_func, layer, device_ids)
+        if len(self.blocks) != 1:
             raise ValueError("RawAttention explains one layer; use AttentionRollout for several")
-        super().__init__(forward_func, blocks, device_ids)
-        self.attention_modules = self.tower.resolve(blocks)
+        self.attention_modules = self.tower.resolve(self.blocks)
 
-    @log_usage()
-    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
-                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
-        r"""The query's head-averaged attention over the explained tokens.
-
-        Args:
-            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
-            target (optional): ignored (the map is class-agnostic), validated when given. Default: None
-            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
-
-        Returns:
-            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
-            non-negative.
-        """
-        return self._run(inputs, target, additional_forward_args)
+    def _default_blocks(self, tower: Tower) -> List[nn.Module]:
+        return tower.blocks()[-1:]  # the last block
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator, List, Optional, Tuple, Union
+from typing import Any, Callable, Iterator, List, Optional, Tuple
 
 import torch
 from captum._utils.typing import TargetType
-from captum.log import log_usage
 from torch import Tensor
 
 from ..adapters.base import TokenLayout
 from ..token_attribution import LayerSpec, TokenAttribution
-from ._common import attention_forward, explained_blocks, last_layer_first, query_row, recorded_attention, \
+from ._common import attention_forward, last_layer_first, query_row, recorded_attention, \
     target_columns
 
 
@@ -47,25 +46,8 @@ class AttentionRollout(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layers: LayerSpec = None,
                  device_ids: Optional[List[int]] = None) -> None:
-        blocks = explained_blocks(forward_func, type(self).__name__, layers)
-        super().__init__(forward_func, blocks, device_ids)
-        self.attention_modules = self.tower.resolve(blocks)
-
-    @log_usage()
-    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
-                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
-        r"""The query's row of the attention rollout over the explained tokens.
-
-        Args:
-            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
-            target (optional): ignored (the map is class-agnostic), validated when given. Default: None
-            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
-
-        Returns:
-            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
-            non-negative.
-        """
-        return self._run(inputs, target, additional_forward_args)
+        super().__init__(forward_func, layers, device_ids)
+        self.attention_modules = self.tower.resolve(self.blocks)
 
     def _token_map(self, inputs: Tensor, extra: Tuple[Any, ...], layout: TokenLayout,
                    target: TargetType) -> Tensor:

@@ -3,18 +3,17 @@
 from __future__ import annotations
 
 import warnings
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 from captum._utils.typing import TargetType
-from captum.log import log_usage
 from torch import Tensor, nn
 
 from ..adapters.attention import is_attention_module, attention_adapter
-from ..adapters.base import TokenLayout
+from ..adapters.base import TokenLayout, Tower
 from ..hooking import check_runs
 from ..token_attribution import TokenAttribution, first_tensor_position, run_hooked
-from ._common import batch_first_of, explained_blocks, probe_gradients
+from ._common import batch_first_of, probe_gradients
 
 
 class TokenGradCAM(TokenAttribution):
@@ -52,11 +51,10 @@ class TokenGradCAM(TokenAttribution):
 
     def __init__(self, forward_func: Callable, layer: Optional[nn.Module] = None,
                  device_ids: Optional[List[int]] = None, attribute_to_layer_input: Optional[bool] = None) -> None:
-        blocks = explained_blocks(forward_func, type(self).__name__, layer, last_only=True)
-        if len(blocks) != 1:
+        super().__init__(forward_func, layer, device_ids)
+        if len(self.blocks) != 1:
             raise ValueError("TokenGradCAM explains one layer")
-        module = blocks[0]
-        super().__init__(forward_func, blocks, device_ids)
+        module = self.blocks[0]
         if is_attention_module(module):
             self.tower.resolve([module])  # checks that it belongs to the tower
             self._adapter = attention_adapter(module)
@@ -78,22 +76,8 @@ class TokenGradCAM(TokenAttribution):
                 "attribute_to_layer_input=True (the block's input tokens, the default when layer is None)",
                 UserWarning, stacklevel=2)
 
-    @log_usage()
-    def attribute(self, inputs: Union[Tensor, Tuple[Tensor, ...]], target: TargetType = None,
-                  additional_forward_args: Any = None) -> Union[Tensor, Tuple[Tensor, ...]]:
-        r"""Token Grad-CAM maps of one target per example.
-
-        Args:
-            inputs (Tensor or tuple of one Tensor): images ``(N, 3, H, W)`` or token ids ``(N, L)``.
-            target (int, tuple, Tensor or list, optional): the scorer's column to explain (Captum semantics);
-                None only for a one-column scorer. Default: None
-            additional_forward_args (Any, optional): extra scorer arguments (HF attention mask).
-
-        Returns:
-            *Tensor* or *tuple[Tensor]*: ``(N, 1, h, w)`` for images, ``(N, L)`` for text (zero outside words);
-            non-negative.
-        """
-        return self._run(inputs, target, additional_forward_args)
+    def _default_blocks(self, tower: Tower) -> List[nn.Module]:
+        return tower.blocks()[-1:]  # the last block (its input tokens)
 
     def _tokens(self, x: Tensor) -> Tensor:
         return x if self._batch_first else x.transpose(0, 1)
