@@ -162,7 +162,7 @@ class GradECLIP(TokenAttribution):
         """A RuntimeWarning the first time this explainer meets ``message``."""
         if message not in self._warned:
             self._warned.add(message)
-            warnings.warn(message, RuntimeWarning, stacklevel=5)
+            warnings.warn(message, RuntimeWarning, stacklevel=7)  # at the caller of attribute*
 
     # ------------------------------------------------------------------------------------------------------
     @log_usage()

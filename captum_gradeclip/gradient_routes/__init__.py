@@ -9,7 +9,8 @@
 """
 
 from .backward import AUTO_MAX_ROWS, AUTO_MAX_TARGETS, Backward, chunk_slices
-from .base import ForwardRecord, GradientRoute, LayerRecord, RouteReport, RouteSetup, query_output, query_positions
+from .base import ForwardRecord, GradientRoute, LayerRecord, RouteReport, RouteSetup
+from .queries import query_output, query_positions
 from .cut_path import CutPathRoute, CutRecord
 from .full_backward import FullBackwardRoute
 from .pooled_tail import PooledTailRoute

@@ -13,8 +13,9 @@ from ..adapters.base import TokenLayout
 from ..errors import UnsupportedModelError
 from ..token_attribution import Hook
 from .backward import Backward, autocast_on, reproduces
-from .base import ForwardRecord, GradientRoute, LayerRecord, RouteSetup, add_probe, count_runs, \
-    keep_block_input_row, query_output, query_positions, record_inputs
+from .base import ForwardRecord, GradientRoute, LayerRecord, RouteSetup
+from .queries import query_output, query_positions
+from .recording import add_probe, count_runs, keep_block_input_row, record_inputs
 
 
 @dataclass

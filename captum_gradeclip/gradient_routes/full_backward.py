@@ -9,7 +9,8 @@ from torch import Tensor
 from ..adapters.base import TokenLayout
 from ..token_attribution import Hook
 from .backward import Backward
-from .base import ForwardRecord, GradientRoute, RouteSetup, add_probe
+from .base import ForwardRecord, GradientRoute, RouteSetup
+from .recording import add_probe
 
 
 class FullBackwardRoute(GradientRoute):

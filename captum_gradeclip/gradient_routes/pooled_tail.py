@@ -9,7 +9,8 @@ from torch import Tensor, nn
 from ..adapters.base import TokenLayout
 from ..token_attribution import Hook
 from .backward import Backward
-from .base import ForwardRecord, GradientRoute, RouteSetup, keep_block_input_row, keep_query_row
+from .base import ForwardRecord, GradientRoute, RouteSetup
+from .recording import keep_block_input_row, keep_query_row
 
 
 class PooledTailRoute(GradientRoute):

@@ -12,8 +12,8 @@ from ..adapters.attention import attention_adapter, attention_output_at
 from ..adapters.base import RowTail, TokenLayout
 from ..token_attribution import Hook
 from .backward import Backward
-from .base import ForwardRecord, GradientRoute, LayerRecord, RouteSetup, keep_block_input_row, keep_query_row, \
-    record_inputs
+from .base import ForwardRecord, GradientRoute, LayerRecord, RouteSetup
+from .recording import keep_block_input_row, keep_query_row, record_inputs
 
 
 @dataclass
