@@ -60,7 +60,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from captum_gradeclip.data.shapes import (
+from captum_gradeclip.data import (
     COLORS,
     SCENE_WORDS,
     SHAPES,

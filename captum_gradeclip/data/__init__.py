@@ -11,24 +11,18 @@ Examples:
     24
 """
 
+from .scene_captions import CAPTION_STYLES, NUMBER_WORDS, RELATIONS, SCENE_WORDS, describe_scene, relation, scene_captions
 from .shapes import (
-    CAPTION_STYLES,
     COLORS,
     DEFAULT_TEMPLATE,
     PALETTE,
-    NUMBER_WORDS,
-    RELATIONS,
-    SCENE_WORDS,
     SHAPES,
     ShapesBatch,
     caption,
     class_index,
     class_names,
-    describe_scene,
     generate_scenes,
     object_boxes,
-    relation,
-    scene_captions,
 )
 
 __all__ = [

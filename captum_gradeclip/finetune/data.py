@@ -35,7 +35,8 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..data.shapes import CAPTION_STYLES, ShapesBatch, describe_scene, generate_scenes
+from ..data.scene_captions import CAPTION_STYLES, describe_scene
+from ..data.shapes import ShapesBatch, generate_scenes
 from ..image_io import IMAGE_SUFFIXES
 
 __all__ = ["DataRowError", "ShapesCaptions", "CaptionTable", "StepBatches", "open_caption_data", "collate"]
