@@ -8,7 +8,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..data.scene_captions import relation
+from ..data.scene_descriptions import relation
 from ..data.shapes import COLORS, SHAPES, generate_scenes
 
 #: Word class of every word of the shipped models' vocabulary.

@@ -35,7 +35,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple, Union
 import torch
 from torch import Tensor
 
-from ..data.scene_captions import CAPTION_STYLES, describe_scene
+from ..data.scene_descriptions import CAPTION_STYLES, describe_scene
 from ..data.shapes import ShapesBatch, generate_scenes
 from ..image_io import IMAGE_SUFFIXES
 

@@ -171,7 +171,7 @@ def load_trainable(config: FineTuneConfig, device: torch.device) -> TrainableCLI
         TrainableCLIP: the model in train mode.
     """
     if config.model == "shapes":
-        from ..data.scene_captions import SCENE_WORDS
+        from ..data.scene_descriptions import SCENE_WORDS
         from ..zoo import load_shapes_clip
         from .vocabulary import extend_shapes_clip
 
