@@ -111,6 +111,7 @@ def describe_scene(batch: ShapesBatch, index: int, style: str = "list", *, other
         ValueError: For an unknown style, an index out of range, or a bad ``other`` slot.
 
     Examples:
+        >>> from captum_gradeclip.data import generate_scenes
         >>> b = generate_scenes(1, num_objects=3, seed=0, grid=2)
         >>> describe_scene(b, 0, "list").count(" and ")
         1
@@ -158,6 +159,7 @@ def scene_captions(batch: ShapesBatch, style: str = "list") -> list[str]:
         One caption per scene.
 
     Examples:
+        >>> from captum_gradeclip.data import generate_scenes
         >>> b = generate_scenes(3, seed=2)
         >>> scene_captions(b, "single") == b.captions
         True
