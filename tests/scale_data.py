@@ -36,7 +36,7 @@ def in_process_maps(paths: Dict[str, Path], prompts_of: Dict[str, List[str]], si
     import torch
 
     from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity
-    from captum_gradeclip.cli import load_demo, prepare_image
+    from captum_gradeclip.loading import load_demo, prepare_image
     from captum_gradeclip.image_io import load_image
     lm = load_demo("cpu")
     mean, std = torch.tensor(lm.mean).view(1, 3, 1, 1), torch.tensor(lm.std).view(1, 3, 1, 1)

@@ -32,7 +32,7 @@ def _decode(items, **kw):
 
 
 def test_decoding_matches_the_cli_and_records_bad_files(captioned):
-    from captum_gradeclip.cli import prepare_image
+    from captum_gradeclip.loading import prepare_image
     from captum_gradeclip.image_io import load_image
     root, items = captioned
     rows = _decode(items).to_pylist()
