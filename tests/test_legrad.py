@@ -1,4 +1,4 @@
-"""LeGrad against independent computations (reference_baselines.py), its invariants, and what it refuses."""
+"""LeGrad against independent computations (reference.py), its invariants, and what it refuses."""
 
 import threading
 
@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from conftest import make_hf_clip, make_open_clip, make_tokens, pooled
 
-import reference_baselines as ref
+import reference as ref
 from captum_gradeclip import ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError
 from captum_gradeclip.baselines import LeGrad
 
@@ -36,7 +36,7 @@ class ClsCase:
             self.scorer = ImageTextSimilarity(self.model, tokens)
             v = self.model.visual
             self.blocks = list(v.transformer.resblocks)
-            self.hand = lambda x: ref.open_clip_image(self.model, x)
+            self.hand = lambda x: ref.records_open_clip_image(self.model, x)
             self.head = lambda t: v.ln_post(t) @ v.proj
         else:
             self.model = make_hf_clip()
@@ -46,7 +46,7 @@ class ClsCase:
             self.scorer = ImageTextSimilarity(self.model, {"input_ids": tokens, "attention_mask": mask})
             vm = self.model.vision_model
             self.blocks = list(vm.encoder.layers)
-            self.hand = lambda x: ref.hf_image(self.model, x)
+            self.hand = lambda x: ref.records_hf_image(self.model, x)
             self.head = lambda t: self.model.visual_projection(vm.post_layernorm(t))
         self.fixed = F.normalize(tf, dim=-1)
 
@@ -97,7 +97,7 @@ def test_class_token_feature_is_the_class_rows_gradient(cls_case):
     emb = cls_case.head(recs[-1]["out"][:, 0])
     (g,) = torch.autograd.grad(ref.similarity(emb, cls_case.fixed, 0).sum(), [recs[-1]["probs"]])
     assert g[:, :, 1:].abs().max() == 0  # no other query row reaches the class token's output
-    expected = ref._min_max(g[:, :, 0, 1:].clamp(min=0).mean(1))
+    expected = ref.minmax(g[:, :, 0, 1:].clamp(min=0).mean(1))
     ours = LeGrad(cls_case.scorer, cls_case.blocks[-1]).attribute(x, target=0)
     torch.testing.assert_close(_flat(ours), expected, atol=ATOL, rtol=RTOL)
 
