@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
-from conftest import CONTEXT, make_hf_clip, make_open_clip, pooled
+from fixtures import CONTEXT, make_hf_clip, make_open_clip, pooled
 
 import reference as ref
 from captum_gradeclip import ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity
@@ -380,7 +380,7 @@ def test_relative_position_bias_enters_the_recomputed_attention():
     its attention dropout, the identity in eval mode), on a copy of the model."""
     import copy
 
-    from openclip_zoo import EMBED, build, native_image_size
+    from fixtures import EMBED, build, native_image_size
     model = build("vit_relpos_medium_patch16_cls_224")
     eager = copy.deepcopy(model)
     blocks = list(eager.visual.trunk.blocks)

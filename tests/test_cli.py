@@ -72,39 +72,6 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, ca
     assert len(err) == 1 and err[0].startswith("gradeclip: error:") and message.lower() in err[0].lower()
 
 
-@pytest.fixture(scope="module")
-def hf_model_dir(tmp_path_factory):
-    """A tiny HuggingFace CLIP saved with a real CLIPProcessor (a character-level BPE vocabulary written here), so
-    that ``--hf PATH`` runs ``AutoModel`` / ``AutoProcessor.from_pretrained`` offline."""
-    import json
-    import string
-
-    import torch
-    transformers = pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("hf_clip")
-    vocab = {c: i for i, c in enumerate(string.ascii_lowercase)}
-    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(string.ascii_lowercase)})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
-    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"),
-                                           pad_token="<|endoftext|>")
-    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=3, max_position_embeddings=32, eos_token_id=eos, bos_token_id=bos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=32)
-    out = root / "model"
-    transformers.CLIPModel(config).save_pretrained(out)
-    transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
-    return out
-
-
 def test_explain_with_a_local_hf_model(hf_model_dir, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray((np.random.RandomState(0).rand(40, 56, 3) * 255).astype("uint8")).save(image)

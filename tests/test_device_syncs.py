@@ -18,7 +18,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import make_tokens
+from fixtures import EMBED, make_tokens, text_tokens
+from openclip_families import IMAGE_FAMILIES, TEXT_FAMILIES, clip_tokens, images_for
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity
@@ -120,31 +121,31 @@ def test_recorder_sees_syncs():
 
 
 def test_every_hf_family_at_most_the_allowed_syncs():
-    """Every HuggingFace family of tests/test_coverage_hf.py, image and text side (SigLIP's probe layouts, BERT-like
-    text towers, BLIP, ...): only the allowed sites, at most once each per call, K and N independent."""
-    import test_coverage_hf as cov
-    for family in cov.FAMILIES:
-        model = cov.build(family)
-        ids, mask, _ = cov.texts(family)
+    """Every HuggingFace family of the coverage tests (tests/hf_families.py), image and text side (SigLIP's probe
+    layouts, BERT-like text towers, BLIP, ...): only the allowed sites, at most once each per call, K and N
+    independent."""
+    hf = pytest.importorskip("hf_families")  # skipped without transformers
+    for family in hf.FAMILIES:
+        model = hf.build(family)
+        ids, mask, _ = hf.texts(family)
         extra = None if mask is None else (mask,)
-        imgs = cov.images(n=2)
-        image_scorer = ImageTextSimilarity(model, cov.text_inputs(family))
+        imgs = hf.images(n=2)
+        image_scorer = ImageTextSimilarity(model, hf.text_inputs(family))
         text_scorer = TextImageSimilarity(model, imgs)
         _check(_record(lambda: GradECLIP(image_scorer, chunk_size=1).attribute_all(imgs)))
         _check(_record(lambda: GradECLIP(text_scorer, chunk_size=1).attribute_all(ids, additional_forward_args=extra)))
 
 
 def test_every_open_clip_family_at_most_the_allowed_syncs():
-    """Every image and text family of tests/test_coverage_open_clip.py (timm trunks, rotary embeddings, attention
-    pools, ResNets, HF text encoders, ...), default layers."""
-    import test_coverage_open_clip as cov
-    for family, (builder, _) in cov.IMAGE_FAMILIES.items():
+    """Every image and text family of the coverage tests (tests/openclip_families.py: timm trunks, rotary
+    embeddings, attention pools, ResNets, HF text encoders, ...), default layers."""
+    for family, (builder, _) in IMAGE_FAMILIES.items():
         model = builder()
-        scorer = ImageTextSimilarity(model, torch.randn(3, cov.EMBED))
-        images = cov.images_for(model)
+        scorer = ImageTextSimilarity(model, torch.randn(3, EMBED))
+        images = images_for(model)
         _check(_record(lambda: GradECLIP(scorer, chunk_size=1).attribute_all(images)))
-    for family, builder in cov.TEXT_FAMILIES.items():
+    for family, builder in TEXT_FAMILIES.items():
         model = builder()
-        tokens = cov.text_tokens(model) if "pad-mask" not in family else cov.clip_tokens()
-        scorer = TextImageSimilarity(model, torch.randn(3, cov.EMBED))
+        tokens = text_tokens(model) if "pad-mask" not in family else clip_tokens()
+        scorer = TextImageSimilarity(model, torch.randn(3, EMBED))
         _check(_record(lambda: GradECLIP(scorer, chunk_size=1).attribute_all(tokens)))

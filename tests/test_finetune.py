@@ -489,7 +489,7 @@ def test_dense_encoder_on_a_config_built_open_clip_and_unsupported_towers() -> N
     import open_clip
 
     from captum_gradeclip import UnsupportedModelError
-    from conftest import make_open_clip
+    from fixtures import make_open_clip
     model = make_open_clip()
     x = torch.randn(2, 3, 32, 32)
     emb, dense = DenseImageEncoder(model)(x)

@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled, spy_on_fast_path
+from fixtures import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled, spy_on_fast_path
 from torch import nn
 
 import reference

@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 
 from captum_gradeclip.cli import main  # noqa: E402
 from captum_gradeclip.scale import ModelSpec, explain_dataset, read_results  # noqa: E402
-from scale_data import in_process_maps, write_scenes, write_truncated_jpeg  # noqa: E402
+from fixtures import in_process_maps, write_scenes, write_truncated_jpeg  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
 

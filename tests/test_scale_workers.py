@@ -7,7 +7,7 @@ import pytest
 from captum_gradeclip.scale.job import _row
 from captum_gradeclip.scale.sources import list_source
 from captum_gradeclip.scale.workers import Explainer, decode_batch
-from scale_data import in_process_maps, write_scenes, write_truncated_jpeg
+from fixtures import in_process_maps, write_scenes, write_truncated_jpeg
 
 DEMO = dict(demo=True, hf=None, checkpoint=None, model="ViT-B-16", pretrained="openai")
 

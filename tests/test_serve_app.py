@@ -11,7 +11,7 @@ pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 from gradio_client import Client, handle_file  # noqa: E402
 from serve_server import model_held, start  # noqa: E402
-from test_image_io import bomb_png  # noqa: E402
+from fixtures import bomb_png  # noqa: E402
 
 from captum_gradeclip.app import ServeLimits  # noqa: E402
 

@@ -20,7 +20,7 @@ pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
 from serve_server import start  # noqa: E402
-from test_image_io import bomb_png  # noqa: E402
+from fixtures import bomb_png  # noqa: E402
 
 from captum_gradeclip.app import ServeLimits  # noqa: E402
 

@@ -9,8 +9,7 @@ import pytest
 import torch
 from PIL import Image
 from serve_server import model_free, model_held
-from test_cli import hf_model_dir  # noqa: F401 - a fixture
-from test_image_io import bomb_png
+from fixtures import bomb_png
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, viz
 from captum_gradeclip.app import ExplainService, RequestError, RequestTimeout, ServeLimits
