@@ -253,6 +253,7 @@ def test_word_strings_blank_everything_but_the_words(kind):
     assert load_demo("cpu").token_strings is not None
 
 
+@pytest.mark.subprocess
 def test_example_runs_offline():
     import subprocess
     import sys

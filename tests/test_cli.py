@@ -194,6 +194,7 @@ def test_prompts_are_checked_before_the_progress_bar(scene_png, tmp_path, capsys
     assert len(err) == 1 and "unknown word" in err[0] and not (tmp_path / "o").exists()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("argv, what", [
     ([], "open_clip 'ViT-B-16' with pretrained='openai'"),  # the default model
     (["--model", "ViT-B-16-SigLIP", "--pretrained", "none"], "the tokenizer of open_clip 'ViT-B-16-SigLIP'"),

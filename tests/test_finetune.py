@@ -433,6 +433,7 @@ def _torchrun(out: Path, steps: int, loss: str, nproc: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     """2 ranks (gloo): parameters stay identical across ranks, the loss falls, and the run equals one process
     on the same global batch."""

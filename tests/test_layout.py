@@ -8,6 +8,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 TESTS = ROOT / "tests"
 PACKAGE = ROOT / "captum_gradeclip"
@@ -77,6 +79,7 @@ print(json.dumps({
 """
 
 
+@pytest.mark.subprocess
 def test_importing_the_package_and_viz_imports_no_matplotlib():
     """``import captum_gradeclip`` does not load the display code, and neither it nor ``import
     captum_gradeclip.viz`` imports matplotlib: the drawing functions do, when they run. (captum.attr itself

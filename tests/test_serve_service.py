@@ -7,9 +7,9 @@ import threading
 import numpy as np
 import pytest
 import torch
+from fixtures import bomb_png
 from PIL import Image
 from serve_server import model_free, model_held
-from fixtures import bomb_png
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, viz
 from captum_gradeclip.app import ExplainService, RequestError, RequestTimeout, ServeLimits
