@@ -11,8 +11,8 @@ Everything here is headless-safe: figures are built with
 and nothing depends on IPython, so the functions work in scripts, on servers
 and in tests with the ``Agg`` backend.
 
-Inputs accepted throughout this module
---------------------------------------
+Inputs accepted throughout this package
+---------------------------------------
 **Image maps** (the output of the image explainers) are non-negative raw scores
 on the patch grid:
 
