@@ -3,7 +3,7 @@
 The same images (shapes scenes saved as 256 x 256 JPEG files) and prompts are explained three ways, each with one
 torch thread per model:
 
-* in-process: one loop that loads, prepares and explains batches with ``cli.explain_images`` (the model loaded
+* in-process: one loop that loads, prepares and explains batches with ``explanations.explain_images`` (the model loaded
   beforehand, not timed);
 * Ray, 1 worker and 2 workers: :func:`captum_gradeclip.scale.explain_dataset` on a local Ray (decoding in Ray
   tasks, the model in actors of 1 CPU each), Parquet files written.
@@ -36,8 +36,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
-from captum_gradeclip.cli import _load, explain_images, native_stride, prepare_image  # noqa: E402
+from captum_gradeclip.explanations import explain_images  # noqa: E402
 from captum_gradeclip.image_io import load_image  # noqa: E402
+from captum_gradeclip.loading import load_model, native_stride, prepare_image  # noqa: E402
 
 
 def write_images(folder: Path, count: int) -> List[Path]:
@@ -109,7 +110,7 @@ class CpuMeter:
 
 def in_process(args: argparse.Namespace, paths: List[Path], prompts: List[str]) -> Dict[str, float]:
     torch.set_num_threads(1)
-    lm = _load(model_namespace(args))
+    lm = load_model("cpu", demo=args.demo, model=args.model, pretrained=args.pretrained)
     patch = native_stride(lm)
     with CpuMeter() as cpu:
         start = time.perf_counter()
@@ -141,11 +142,6 @@ def on_ray(args: argparse.Namespace, folders: Dict[int, Path], out: Path, prompt
     return {"seconds": seconds[big], "rate": big / seconds[big],
             "steady": (big - small) / max(seconds[big] - seconds[small], 1e-9),
             "cpu": (cpu[big] - cpu[small]) / (big - small)}
-
-
-def model_namespace(args: argparse.Namespace) -> argparse.Namespace:
-    return argparse.Namespace(device="cpu", demo=args.demo, hf=None, checkpoint=None, model=args.model,
-                              pretrained=args.pretrained)
 
 
 def main() -> None:

@@ -58,7 +58,7 @@ def main(argv: Optional[Sequence[str]] = None) -> List[Dict[str, object]]:
     from gradio_client import Client, handle_file
 
     from captum_gradeclip.app import ExplainService, ServeLimits, launch
-    from captum_gradeclip.cli import load_demo
+    from captum_gradeclip.loading import load_demo
 
     service = ExplainService(load_demo("cpu"), ServeLimits())
     app = launch(service, block=False, quiet=True)

@@ -9,212 +9,32 @@ shipped shapes model and a generated scene.
 from __future__ import annotations
 
 import argparse
-import contextlib
-import logging
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, List, NoReturn, Optional, Sequence, Tuple
+from typing import Any, List, NoReturn, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
-from torch import nn
 
 from . import image_io
+from .errors import InputError, UnsupportedModelError
+from .explanations import Explanation, explain_image, explain_images, save_maps
 from .image_io import IMAGE_SUFFIXES
+# The loaders lived here before captum_gradeclip.loading; their names stay importable from this module.
+from .loading import (OFFLINE_HINT, LoadedModel, check_layers, load_demo, load_error, load_hf,  # noqa: F401
+                      load_image, load_model, load_open_clip, native_stride, prepare_image, quiet_logging)
+
+#: What the command reports as one line and exit status 2 (no traceback): input the user can fix. A
+#: ``ValueError`` is the library's way of refusing an argument (an unknown word, a limit out of range); any
+#: other exception is a bug and propagates with its traceback.
+USER_ERRORS = (InputError, UnsupportedModelError, image_io.ImageLoadError, ValueError)
 
 
-class CLIError(Exception):
-    """A user error: reported as one line, exit status 2."""
+class CLIError(InputError):
+    """A command-line argument that cannot be used: reported as one line, exit status 2."""
 
 
-@dataclass
-class LoadedModel:
-    """A model with what the CLI needs to feed it."""
-
-    model: nn.Module
-    name: str
-    image_size: int
-    mean: Tuple[float, float, float]
-    std: Tuple[float, float, float]
-    tokenize: Callable[[List[str]], Any]  # -> what the scorers take as texts
-    token_strings: Callable[[torch.Tensor], List[str]]  # ids of one text -> one string per position
-
-
-def _split_text_inputs(texts: Any) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-    if isinstance(texts, torch.Tensor):
-        return texts, None
-    return texts["input_ids"], texts.get("attention_mask")
-
-
-# ----------------------------------------------------------------------------------------------- model loading
-OFFLINE_HINT = ("to run offline, use --demo (the shipped model), local files (--checkpoint FILE, --hf FOLDER) or a "
-                "model already in the Hugging Face cache with HF_HUB_OFFLINE=1 (see docs/offline.md)")
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
-
-
-def _is_download_failure(err: BaseException) -> bool:
-    """Whether ``err`` (or an exception it was raised from) says that a file could not be fetched from the hub."""
-    names = ("LocalEntryNotFoundError", "OfflineModeIsEnabled", "ConnectionError", "ConnectError", "ConnectTimeout",
-             "ReadTimeout", "URLError", "HfHubHTTPError", "RepositoryNotFoundError", "EntryNotFoundError")
-    words = ("connect", "download", "offline", "cached files", "local cache", "huggingface.co")
-    seen = set()
-    while err is not None and id(err) not in seen:
-        seen.add(id(err))
-        if any(cls.__name__ in names for cls in type(err).__mro__) or any(w in str(err).lower() for w in words):
-            return True
-        err = err.__cause__ or err.__context__
-    return False
-
-
-@contextlib.contextmanager
-def quiet_logging() -> Iterator[None]:
-    """Silence log records (open_clip logs a failed download at ERROR level before raising it): a failed load is
-    reported once, as one line."""
-    previous = logging.root.manager.disable
-    logging.disable(logging.CRITICAL)
-    try:
-        yield
-    finally:
-        logging.disable(previous)
-
-
-def load_error(what: str, err: BaseException) -> CLIError:
-    """One line for a failed model load: a failed download names the way to run offline."""
-    import os
-    if _is_download_failure(err):
-        if os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on"):
-            reason = "HF_HUB_OFFLINE is set and the files are not in the local cache"
-        else:
-            reason = "the files are not in the local cache and the download failed (no network?)"
-        return CLIError(f"could not load {what}: {reason}; {OFFLINE_HINT}")
-    return CLIError(f"could not load {what}: {_first_line(err)}")
-
-
-def load_demo(device: str) -> LoadedModel:
-    """The shipped shapes-world open_clip model (offline)."""
-    from .zoo import load_shapes_clip
-    clip = load_shapes_clip("open_clip", device=device)
-    return LoadedModel(
-        model=clip.model, name="shapes-clip (open_clip, shipped)", image_size=clip.image_size,
-        mean=tuple(clip.mean), std=tuple(clip.std),
-        tokenize=lambda texts: clip.tokenize(texts),
-        token_strings=lambda ids: clip.tokenizer.tokens(ids, skip_pad=False))
-
-
-def load_open_clip(name: str, pretrained: Optional[str], device: str) -> LoadedModel:
-    """An open_clip model by config name, with ``pretrained`` weights (a tag or a checkpoint path), or a
-    ``local-dir:FOLDER`` / ``hf-hub:ORG/NAME`` model (its weights come with it)."""
-    import open_clip
-    if name.startswith("local-dir:"):  # open_clip's own folder format: open_clip_config.json and the weights
-        folder = Path(name[len("local-dir:"):]).expanduser()
-        if not (folder / "open_clip_config.json").is_file():
-            raise CLIError(f"{name}: no open_clip_config.json in {folder} (a local-dir: folder holds the model's "
-                           "open_clip_config.json and its weights, as on the Hugging Face hub)")
-        if not any(f.suffix in (".safetensors", ".bin", ".pth") for f in folder.iterdir()):
-            raise CLIError(f"{name}: no weights (.safetensors, .bin, .pth) in {folder}")
-        pretrained = None  # the folder's weights
-    elif not name.startswith("hf-hub:") and name not in open_clip.list_models():
-        raise CLIError(f"unknown open_clip model {name!r}; see open_clip.list_models() (e.g. ViT-B-16), or give "
-                       "local-dir:FOLDER or hf-hub:ORG/NAME")
-    schema = name.startswith(("local-dir:", "hf-hub:"))  # the weights come with the model, not from `pretrained`
-    what = f"open_clip {name!r}" + ("" if schema else f" with pretrained={pretrained!r}")
-    try:
-        with quiet_logging():
-            model, _, _ = open_clip.create_model_and_transforms(name, pretrained=pretrained, device=device)
-    except Exception as err:  # downloads fail in many ways (no network, missing tag, bad checkpoint)
-        raise load_error(what, err) from None
-    model.eval()
-    cfg = open_clip.get_model_preprocess_cfg(model)
-    size = cfg.get("size", 224)
-    size = int(size[0] if isinstance(size, (tuple, list)) else size)
-    try:  # some tokenizers (SigLIP, multilingual towers) come from the Hugging Face hub
-        with quiet_logging():
-            tokenizer = open_clip.get_tokenizer(name)
-    except Exception as err:
-        raise load_error(f"the tokenizer of open_clip {name!r}", err) from None
-
-    def strings(ids: torch.Tensor) -> List[str]:
-        decode = getattr(tokenizer, "decode", None)
-        return [decode([int(i)]).strip() if decode else str(int(i)) for i in ids]
-
-    label = name if schema else f"{name} ({pretrained or 'random weights'})"
-    return LoadedModel(model=model, name=label, image_size=size,
-                       mean=tuple(cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),
-                       std=tuple(cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),
-                       tokenize=lambda texts: tokenizer(texts).to(device), token_strings=strings)
-
-
-def load_hf(model_id: str, device: str) -> LoadedModel:
-    """A HuggingFace CLIP-family model and its processor by hub id or local path."""
-    try:
-        from transformers import AutoModel, AutoProcessor
-    except ImportError:
-        raise CLIError("--hf needs transformers: pip install 'captum-gradeclip[hf]'") from None
-    local = Path(model_id).expanduser()
-    if not local.exists() and (local.is_absolute() or model_id.startswith((".", "~")) or model_id.count("/") > 1):
-        raise CLIError(f"no model folder {model_id}: --hf takes a hub id (org/name) or a folder written by "
-                       "save_pretrained (model and processor)")
-    try:
-        with quiet_logging():
-            model = AutoModel.from_pretrained(model_id).to(device).eval()
-            processor = AutoProcessor.from_pretrained(model_id)
-    except Exception as err:
-        raise load_error(f"HuggingFace model {model_id!r}", err) from None
-    tok = processor.tokenizer
-    ip = getattr(processor, "image_processor", None)
-    size = getattr(model.config, "vision_config", model.config).image_size
-
-    def tokenize(texts: List[str]) -> Any:
-        enc = tok(texts, padding=True, return_tensors="pt")
-        return {k: v.to(device) for k, v in enc.items() if k in ("input_ids", "attention_mask")}
-
-    return LoadedModel(model=model, name=model_id, image_size=int(size),
-                       mean=tuple(getattr(ip, "image_mean", None) or (0.48145466, 0.4578275, 0.40821073)),
-                       std=tuple(getattr(ip, "image_std", None) or (0.26862954, 0.26130258, 0.27577711)),
-                       tokenize=tokenize, token_strings=lambda ids: tok.convert_ids_to_tokens(ids.tolist()))
-
-
-# ------------------------------------------------------------------------------------------------- images
-def load_image(path: Path) -> "Any":
-    """A PIL RGB image through the guarded loader (:func:`captum_gradeclip.image_io.load_image`), or a CLIError
-    naming the file and the reason."""
-    try:
-        return image_io.load_image(path)
-    except image_io.ImageLoadError as err:
-        raise CLIError(str(err)) from None
-
-
-def prepare_image(image: Any, size: int, patch: Optional[int], mode: str) -> torch.Tensor:
-    """``(3, H, W)`` float image in [0, 1]: ``model`` resizes the shorter side to ``size`` and crops the centre
-    square (what CLIP scores); ``native`` keeps the aspect ratio, shorter side ``size``, both sides rounded to a
-    multiple of the patch size (what the Grad-ECLIP authors explain)."""
-    from PIL import Image
-    w, h = image.size
-    scale = size / min(w, h)
-    if mode == "native" and patch:
-        nh = max(patch, int(round(h * scale / patch)) * patch)
-        nw = max(patch, int(round(w * scale / patch)) * patch)
-        image = image.resize((nw, nh), Image.BICUBIC)
-    else:
-        nw, nh = max(size, int(round(w * scale))), max(size, int(round(h * scale)))
-        image = image.resize((nw, nh), Image.BICUBIC)
-        left, top = (nw - size) // 2, (nh - size) // 2
-        image = image.crop((left, top, left + size, top + size))
-    arr = np.asarray(image, dtype=np.float32) / 255.0
-    return torch.from_numpy(arr).permute(2, 0, 1).contiguous()
-
-
-def _normalize(img01: torch.Tensor, lm: LoadedModel) -> torch.Tensor:
-    mean = torch.tensor(lm.mean, dtype=img01.dtype, device=img01.device).view(-1, 3, 1, 1)
-    std = torch.tensor(lm.std, dtype=img01.dtype, device=img01.device).view(-1, 3, 1, 1)
-    return (img01 - mean) / std
-
-
+# ------------------------------------------------------------------------------------------------- inputs
 def collect_images(paths: Sequence[str]) -> List[Path]:
     """Files named on the command line; folders are expanded to the images they contain."""
     out: List[Path] = []
@@ -230,69 +50,6 @@ def collect_images(paths: Sequence[str]) -> List[Path]:
 
 
 # ------------------------------------------------------------------------------------------------ explaining
-@dataclass
-class Explanation:
-    """Everything written for one image."""
-
-    image01: torch.Tensor  # (3, H, W)
-    prompts: List[str]
-    similarity: np.ndarray  # (T,)
-    image_maps: Optional[np.ndarray]  # (T, h, w)
-    word_maps: Optional[np.ndarray]  # (T, L)
-    words: Optional[List[List[str]]]  # per prompt, the token strings of the explained positions
-    word_scores: Optional[List[np.ndarray]]
-    text_layer_rule: Optional[str] = None  # how the text side combined its layers (GradECLIP.layer_rule)
-
-
-def explain_images(lm: LoadedModel, images01: torch.Tensor, prompts: List[str], *, explain: str,
-                   layers: Optional[int], single_head: bool, device: str,
-                   layer_rule: Optional[str] = None) -> List[Explanation]:
-    """Grad-ECLIP maps of a batch of same-size images ``(B, 3, H, W)`` against every prompt (image side), and
-    of every prompt's words against each image (text side). ``layer_rule``: how several layers are combined
-    (``GradECLIP``'s option; None: the paper's rule for each side)."""
-    from .grad_eclip import GradECLIP
-    from .scorers import ImageTextSimilarity, TextImageSimilarity
-    texts = lm.tokenize(prompts)
-    pixels = _normalize(images01.to(device), lm)
-    scorer = ImageTextSimilarity(lm.model, texts)
-    with torch.no_grad():
-        sims = scorer(pixels).float().cpu().numpy()
-    image_maps = None
-    if explain in ("image", "both"):
-        blocks = scorer.tower.blocks()[-layers:] if layers else None
-        image_maps = GradECLIP(scorer, blocks, single_head=single_head,
-                               layer_rule=layer_rule).attribute_all(pixels).cpu().numpy()
-    results = []
-    for b in range(images01.shape[0]):
-        word_maps = words = word_scores = text_rule = None
-        if explain in ("text", "both"):
-            tscorer = TextImageSimilarity(lm.model, pixels[b:b + 1])
-            ids, mask = _split_text_inputs(texts)
-            extra = () if mask is None else (mask,)
-            blocks = tscorer.tower.blocks()[-layers:] if layers else None
-            ge = GradECLIP(tscorer, blocks, single_head=single_head, layer_rule=layer_rule)
-            text_rule = ge.layer_rule
-            word_maps = ge.attribute(ids, target=[0] * len(prompts),
-                                     additional_forward_args=extra or None).cpu().numpy()
-            keep = tscorer.tower.layout(ids, *extra).report_mask.cpu()
-            words, word_scores = [], []
-            for i in range(len(prompts)):
-                strings = lm.token_strings(ids[i].cpu())
-                positions = keep[i].nonzero().flatten().tolist()
-                words.append([strings[p] for p in positions])
-                word_scores.append(word_maps[i, positions])
-        results.append(Explanation(image01=images01[b], prompts=prompts, similarity=sims[b],
-                                   image_maps=None if image_maps is None else image_maps[b],
-                                   word_maps=word_maps, words=words, word_scores=word_scores,
-                                   text_layer_rule=text_rule))
-    return results
-
-
-def explain_image(lm: LoadedModel, image01: torch.Tensor, prompts: List[str], **kwargs: Any) -> Explanation:
-    """:func:`explain_images` for one ``(3, H, W)`` image."""
-    return explain_images(lm, image01[None], prompts, **kwargs)[0]
-
-
 def write_outputs(exp: Explanation, out: Path, stem: str) -> List[Path]:
     """The PNG grid, the HTML word page and the .npz of one explanation."""
     from . import viz
@@ -314,18 +71,6 @@ def write_outputs(exp: Explanation, out: Path, stem: str) -> List[Path]:
     return written
 
 
-def save_maps(exp: Explanation, path: Path) -> Path:
-    """The raw maps of one explanation as a compressed .npz: ``prompts``, ``similarity`` and, where computed,
-    ``image_maps`` ``(T, h, w)`` and ``word_maps`` ``(T, L)``."""
-    arrays = {"prompts": np.array(exp.prompts), "similarity": exp.similarity}
-    if exp.image_maps is not None:
-        arrays["image_maps"] = exp.image_maps
-    if exp.word_maps is not None:
-        arrays["word_maps"] = exp.word_maps
-    np.savez_compressed(path, **arrays)
-    return path
-
-
 # ------------------------------------------------------------------------------------------------ commands
 def _device(name: str) -> str:
     if name == "cuda" and not torch.cuda.is_available():
@@ -334,24 +79,9 @@ def _device(name: str) -> str:
 
 
 def _load(args: argparse.Namespace) -> LoadedModel:
-    """Load the model; the loaders' own log lines (download retries, failures) are silenced: errors come as one
-    line."""
-    with quiet_logging():
-        return _load_quiet(args)
-
-
-def _load_quiet(args: argparse.Namespace) -> LoadedModel:
-    device = args.device
-    if args.demo:
-        return load_demo(device)
-    if args.hf:
-        return load_hf(args.hf, device)
-    if args.checkpoint:
-        if not Path(args.checkpoint).exists():
-            raise CLIError(f"checkpoint not found: {args.checkpoint}")
-        return load_open_clip(args.model, args.checkpoint, device)
-    pretrained = None if args.pretrained.lower() in ("", "none") else args.pretrained
-    return load_open_clip(args.model, pretrained, device)
+    """The model chosen by ``--demo``, ``--hf``, ``--checkpoint`` or ``--model`` / ``--pretrained``."""
+    return load_model(args.device, demo=args.demo, hf=args.hf, checkpoint=args.checkpoint, model=args.model,
+                      pretrained=args.pretrained)
 
 
 _SWITCH = "--layer-rule relu_then_sum"  # how a CLI user selects the other text rule
@@ -366,34 +96,6 @@ def _word_shares(words: List[str], scores: np.ndarray) -> str:
     listed = [f"{words[i]} {shares[i]:.0%}" for i in order[:_MAX_WORDS]]
     more = len(order) - _MAX_WORDS
     return ", ".join(listed) + (f", ... ({more} more)" if more > 0 else "")
-
-
-def native_stride(lm: LoadedModel) -> Optional[int]:
-    """Pixels per map cell of the image tower (the patch of a ViT, the total stride of a ResNet): the multiple that
-    ``--size native`` rounds the sides to. None when the tower has no fixed grid."""
-    from .adapters import image_tower
-    tower = image_tower(lm.model)
-    patch = getattr(tower, "patch", None)
-    if patch is not None:
-        return int(patch[0])
-    probe = torch.zeros(1, 3, lm.image_size, lm.image_size)
-    try:
-        grid = tower.layout(probe).grid
-    except Exception:  # a tower whose layout needs more than the image shape
-        return None
-    return lm.image_size // grid[0] if grid and grid[0] and lm.image_size % grid[0] == 0 else None
-
-
-def _check_layers(lm: LoadedModel, layers: Optional[int], explain: str) -> None:
-    """``--layers N`` must not exceed the blocks of an explained tower."""
-    if layers is None:
-        return
-    from .adapters import image_tower, text_tower
-    for side in {"image": ("image",), "text": ("text",), "both": ("image", "text")}[explain]:
-        count = len((image_tower if side == "image" else text_tower)(lm.model).blocks())
-        if layers > count:
-            raise CLIError(f"--layers {layers}: the {side} tower of {lm.name} has {count} block(s); "
-                           f"give --layers 1 to {count}")
 
 
 def _summary(stem: str, exp: Explanation) -> str:
@@ -433,7 +135,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     images = [(p, load_image(p)) for p in paths]  # fail before the (slow) model load
     lm = _load(args)
     lm.tokenize(prompts)  # words outside the vocabulary fail here, before any work
-    _check_layers(lm, args.layers, args.explain)
+    check_layers(lm, args.layers, args.explain)
     patch = native_stride(lm)
     if args.size == "native" and patch is None:
         print(f"note: {lm.name} has no fixed patch grid: --size native is not possible, images are resized and "
@@ -617,10 +319,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except CLIError as err:
-        print(f"gradeclip: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError) as err:  # library validation errors: one line, no traceback
+    except USER_ERRORS as err:
         print(f"gradeclip: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -7,8 +7,9 @@ from typing import Any, Callable, List, Tuple
 
 import torch
 
-from captum_gradeclip.cli import (OFFLINE_HINT, CLIError, LoadedModel, load_demo, load_image, load_open_clip,
-                                  native_stride, prepare_image)
+from captum_gradeclip.errors import InputError, UnsupportedModelError
+from captum_gradeclip.loading import (OFFLINE_HINT, LoadedModel, load_demo, load_image, load_open_clip, native_stride,
+                                      prepare_image)
 
 #: What a failed download says in the examples (the command's own hint names its flags).
 EXAMPLES_OFFLINE_HINT = ("to run offline, drop --pretrained (the shipped model), give local files (--pretrained FILE, "
@@ -34,7 +35,7 @@ def setup(args: argparse.Namespace) -> Tuple[LoadedModel, torch.Tensor, List[str
     """(loaded model, image in [0,1] (3, H, W), prompts, ground-truth masks or None)."""
     if args.pretrained:
         if args.image is None:
-            raise CLIError("--pretrained needs --image PATH (a photo to explain)")
+            raise InputError("--pretrained needs --image PATH (a photo to explain)")
         image = load_image(args.image)  # a missing file fails before the (slow) model load
         lm = load_open_clip(args.model, args.pretrained, "cpu")
         print(f"explaining {args.image} with {lm.name}")
@@ -64,6 +65,6 @@ def run(main: Callable[[], None]) -> None:
     is reported as one line and exit status 2, as the ``gradeclip`` command does."""
     try:
         main()
-    except (CLIError, ValueError, TypeError) as err:
+    except (InputError, UnsupportedModelError, ValueError) as err:
         print(f"error: {str(err).replace(OFFLINE_HINT, EXAMPLES_OFFLINE_HINT)}", file=sys.stderr)
         sys.exit(2)

@@ -17,7 +17,7 @@ import dataclasses
 import os
 
 from captum_gradeclip.app import ExplainService, ServeLimits, launch
-from captum_gradeclip.cli import LoadedModel, load_demo, load_hf, load_open_clip
+from captum_gradeclip.loading import LoadedModel, load_demo, load_hf, load_open_clip
 
 
 def load_model(spec: str, device: str) -> LoadedModel:

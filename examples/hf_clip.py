@@ -15,7 +15,8 @@ import torch
 from _common import run
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity, describe_layers, viz
-from captum_gradeclip.cli import CLIError, load_error, load_image, prepare_image
+from captum_gradeclip.errors import InputError
+from captum_gradeclip.loading import load_error, load_image, prepare_image
 
 
 def main() -> None:
@@ -29,7 +30,7 @@ def main() -> None:
     args = p.parse_args()
     if args.pretrained:
         if args.image is None:
-            raise CLIError("--pretrained needs --image PATH (a photo to explain)")
+            raise InputError("--pretrained needs --image PATH (a photo to explain)")
         image = load_image(args.image)  # a missing file fails before the (slow) model load
         from transformers import AutoModel, AutoProcessor
         try:

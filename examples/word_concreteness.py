@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from captum_gradeclip import analysis as A
-from captum_gradeclip.cli import load_demo, load_image, load_open_clip, prepare_image
+from captum_gradeclip.loading import load_demo, load_image, load_open_clip, prepare_image
 
 
 def main() -> None:

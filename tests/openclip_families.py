@@ -11,7 +11,7 @@ import open_clip
 import torch
 from torch import Tensor, nn
 
-from openclip_zoo import EMBED, build, native_image_size
+from fixtures import EMBED, build, native_image_size
 
 _CACHE: Dict[str, nn.Module] = {}
 

@@ -8,7 +8,7 @@ import threading
 os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
 
 from captum_gradeclip.app import ExplainService, ServeLimits, launch  # noqa: E402
-from captum_gradeclip.cli import load_demo  # noqa: E402
+from captum_gradeclip.loading import load_demo  # noqa: E402
 
 
 def free_port() -> int:

@@ -243,7 +243,7 @@ def test_huggingface_model_runs_every_analysis():
 
 @pytest.mark.parametrize("kind", ["open_clip", "hf"])
 def test_word_strings_blank_everything_but_the_words(kind):
-    from captum_gradeclip.cli import load_demo
+    from captum_gradeclip.loading import load_demo
     m = load_shapes_clip(kind)
     texts = m.tokenize(["a photo of a red circle", "the blue cross"])
     strings = A.word_strings(m.model, texts, lambda ids: m.tokenizer.tokens(ids, skip_pad=False))
@@ -253,6 +253,7 @@ def test_word_strings_blank_everything_but_the_words(kind):
     assert load_demo("cpu").token_strings is not None
 
 
+@pytest.mark.subprocess
 def test_example_runs_offline():
     import subprocess
     import sys

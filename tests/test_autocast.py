@@ -7,7 +7,7 @@ bounds here are looser, for the tiny random models of the test suite.
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_hf_clip
+from fixtures import make_hf_clip
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity
 

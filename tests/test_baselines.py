@@ -1,12 +1,12 @@
-"""Baselines against independent computations (reference_baselines.py), invariants, hooks and bad input."""
+"""Baselines against independent computations (reference.py), invariants, hooks and bad input."""
 
 import pytest
 import torch
 import torch.nn.functional as F
 from captum.attr import FeatureAblation, IntegratedGradients, Saliency
-from conftest import CONTEXT, make_hf_clip, make_open_clip, pooled
+from fixtures import CONTEXT, make_hf_clip, make_open_clip, pooled
 
-import reference_baselines as ref
+import reference as ref
 from captum_gradeclip import ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity
 from captum_gradeclip.baselines import (AttentionRollout, GradientWeightedAttention, MaskCLIPSimilarity,
                                         RawAttention, TokenGradCAM, patch_feature_mask, pool_to_grid)
@@ -41,16 +41,16 @@ class Case:
             texts = tokens if family == "open_clip" else {"input_ids": tokens, "attention_mask": mask}
             self.scorer, self.x, self.extra = ImageTextSimilarity(model, texts), images, None
             self.fixed = F.normalize(tf, dim=-1)
-            self.hand = (lambda x: ref.open_clip_image(model, x)) if family == "open_clip" else \
-                (lambda x: ref.hf_image(model, x))
+            self.hand = (lambda x: ref.records_open_clip_image(model, x)) if family == "open_clip" else \
+                (lambda x: ref.records_hf_image(model, x))
             self.explained = torch.zeros(images.shape[0], 17, dtype=torch.bool)
             self.explained[:, 1:] = True
         else:
             self.scorer, self.x = TextImageSimilarity(model, images), tokens
             self.extra = None if family == "open_clip" else mask
             self.fixed = F.normalize(imf, dim=-1)
-            self.hand = (lambda x: ref.open_clip_text(model, x)) if family == "open_clip" else \
-                (lambda x: ref.hf_text(model, x, mask))
+            self.hand = (lambda x: ref.records_open_clip_text(model, x)) if family == "open_clip" else \
+                (lambda x: ref.records_hf_text(model, x, mask))
             pos = torch.arange(CONTEXT)[None]
             self.explained = (pos >= 1) & (pos < tokens.argmax(-1)[:, None])
         self.n_targets = self.fixed.shape[0]
@@ -380,7 +380,7 @@ def test_relative_position_bias_enters_the_recomputed_attention():
     its attention dropout, the identity in eval mode), on a copy of the model."""
     import copy
 
-    from openclip_zoo import EMBED, build, native_image_size
+    from fixtures import EMBED, build, native_image_size
     model = build("vit_relpos_medium_patch16_cls_224")
     eager = copy.deepcopy(model)
     blocks = list(eager.visual.trunk.blocks)

@@ -72,39 +72,6 @@ def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, ca
     assert len(err) == 1 and err[0].startswith("gradeclip: error:") and message.lower() in err[0].lower()
 
 
-@pytest.fixture(scope="module")
-def hf_model_dir(tmp_path_factory):
-    """A tiny HuggingFace CLIP saved with a real CLIPProcessor (a character-level BPE vocabulary written here), so
-    that ``--hf PATH`` runs ``AutoModel`` / ``AutoProcessor.from_pretrained`` offline."""
-    import json
-    import string
-
-    import torch
-    transformers = pytest.importorskip("transformers")
-    root = tmp_path_factory.mktemp("hf_clip")
-    vocab = {c: i for i, c in enumerate(string.ascii_lowercase)}
-    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(string.ascii_lowercase)})
-    vocab.update({"<|startoftext|>": len(vocab), "<|endoftext|>": len(vocab) + 1})
-    (root / "vocab.json").write_text(json.dumps(vocab))
-    (root / "merges.txt").write_text("#version: 0.2\n")
-    eos, bos = vocab["<|endoftext|>"], vocab["<|startoftext|>"]
-    tokenizer = transformers.CLIPTokenizer(str(root / "vocab.json"), str(root / "merges.txt"),
-                                           pad_token="<|endoftext|>")
-    images = transformers.CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
-    torch.manual_seed(0)
-    config = transformers.CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), hidden_size=48, intermediate_size=96, num_hidden_layers=2,
-                         num_attention_heads=3, max_position_embeddings=32, eos_token_id=eos, bos_token_id=bos,
-                         pad_token_id=eos),
-        vision_config=dict(hidden_size=48, intermediate_size=96, num_hidden_layers=2, num_attention_heads=2,
-                           image_size=32, patch_size=8),
-        projection_dim=32)
-    out = root / "model"
-    transformers.CLIPModel(config).save_pretrained(out)
-    transformers.CLIPProcessor(image_processor=images, tokenizer=tokenizer).save_pretrained(out)
-    return out
-
-
 def test_explain_with_a_local_hf_model(hf_model_dir, tmp_path, capsys):
     image = tmp_path / "photo.png"
     Image.fromarray((np.random.RandomState(0).rand(40, 56, 3) * 255).astype("uint8")).save(image)
@@ -172,7 +139,8 @@ def test_empty_word_map_is_reported_not_ranked(cancelling_scene_png, tmp_path, c
 def test_summary_lists_word_shares_and_explains_zero_words():
     import torch
 
-    from captum_gradeclip.cli import Explanation, _summary
+    from captum_gradeclip.cli import _summary
+    from captum_gradeclip.explanations import Explanation
     exp = Explanation(image01=torch.zeros(3, 8, 8), prompts=["a cyan triangle", "a red square", "a blue circle"],
                       similarity=np.array([0.2, 0.5, 0.1]), image_maps=None, word_maps=None,
                       words=[["a", "cyan", "triangle"], ["a", "red", "square"], ["a", "blue", "circle"]],
@@ -226,6 +194,7 @@ def test_prompts_are_checked_before_the_progress_bar(scene_png, tmp_path, capsys
     assert len(err) == 1 and "unknown word" in err[0] and not (tmp_path / "o").exists()
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("argv, what", [
     ([], "open_clip 'ViT-B-16' with pretrained='openai'"),  # the default model
     (["--model", "ViT-B-16-SigLIP", "--pretrained", "none"], "the tokenizer of open_clip 'ViT-B-16-SigLIP'"),
@@ -254,7 +223,8 @@ def test_native_size_on_a_resnet_tower_keeps_the_aspect_ratio():
     import torch
     from PIL import Image as PILImage
 
-    from captum_gradeclip.cli import LoadedModel, explain_images, native_stride, prepare_image
+    from captum_gradeclip.explanations import explain_images
+    from captum_gradeclip.loading import LoadedModel, native_stride, prepare_image
     torch.manual_seed(0)
     model = open_clip.CLIP(embed_dim=32, vision_cfg=dict(image_size=64, layers=(1, 1, 1, 1), width=8, head_width=32),
                            text_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=1)).eval()
@@ -278,7 +248,7 @@ def test_open_clip_model_from_a_local_dir_folder(scene_png, tmp_path, capsys):
     import torch
     from safetensors.torch import save_file
 
-    from captum_gradeclip.cli import load_open_clip
+    from captum_gradeclip.loading import load_open_clip
     cfg = dict(embed_dim=32, vision_cfg=dict(image_size=32, patch_size=8, width=48, layers=2, head_width=24),
                text_cfg=dict(context_length=16, vocab_size=49408, width=32, heads=2, layers=2))
     torch.manual_seed(3)
@@ -300,3 +270,38 @@ def test_open_clip_model_from_a_local_dir_folder(scene_png, tmp_path, capsys):
     assert main(["explain", str(scene_png), *model, "--text", "a", "--out", str(out)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "no weights" in err[0]
+
+
+def test_a_bug_inside_the_library_is_not_disguised_as_a_user_error(scene_png, tmp_path, monkeypatch, capsys):
+    """Only input the user can fix is one line and exit 2; a TypeError from the library keeps its traceback."""
+    import captum_gradeclip.cli as cli
+
+    def broken(*args, **kwargs):
+        raise TypeError("unsupported operand type(s) for +: 'Tensor' and 'NoneType'")
+
+    monkeypatch.setattr(cli, "explain_images", broken)
+    argv = ["explain", str(scene_png), "--demo", "--text", "a red circle", "--out", str(tmp_path / "o")]
+    with pytest.raises(TypeError, match="unsupported operand"):
+        main(argv)
+    assert "gradeclip: error:" not in capsys.readouterr().err
+
+
+def _user_errors():
+    from captum_gradeclip.errors import InputError, UnsupportedModelError
+    from captum_gradeclip.image_io import ImageLoadError
+    return [UnsupportedModelError("MyCLIP is not supported: give an open_clip or HuggingFace CLIP model"),
+            InputError("checkpoint not found: weights.pt"), ImageLoadError("photo.png", "not an image file")]
+
+
+@pytest.mark.parametrize("error", _user_errors(), ids=lambda e: type(e).__name__)
+def test_user_errors_from_the_library_are_one_line(error, scene_png, tmp_path, monkeypatch, capsys):
+    import captum_gradeclip.cli as cli
+
+    def refuse(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(cli, "load_model", refuse)
+    argv = ["explain", str(scene_png), "--text", "a red circle", "--out", str(tmp_path / "o")]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"gradeclip: error: {error}"]

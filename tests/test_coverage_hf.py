@@ -3,7 +3,6 @@ and per-family maps against an independent, straightforward computation written 
 
 from __future__ import annotations
 
-import math
 import os
 
 import pytest
@@ -18,6 +17,7 @@ from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity
 from captum_gradeclip.adapters import SUPPORTED_MODELS, image_tower, text_tower  # noqa: E402
 from captum_gradeclip.adapters.hf_siglip import patchify  # noqa: E402
 from hf_families import FAMILIES, IMAGE, PATCH, SDPA, TEXT, VISION, build, images, text_inputs, texts  # noqa: E402
+from reference import attend, block_input, grad_eclip_map  # noqa: E402
 
 torch.set_num_threads(1)
 
@@ -160,52 +160,6 @@ def test_siglip_encoder_blocks_raise():
         GradECLIP(scorer, model.vision_model.encoder.layers[-1])
 
 
-# -- independent computations --------------------------------------------------------------------------------
-def _minmax(s, mask):
-    lo = s.masked_fill(~mask, float("inf")).amin(-1, keepdim=True)
-    hi = s.masked_fill(~mask, float("-inf")).amax(-1, keepdim=True)
-    return ((s - lo) / (hi - lo)) * mask
-
-
-def _split(x, heads):
-    n, length, c = x.shape
-    return x.reshape(n, length, heads, c // heads).transpose(1, 2)
-
-
-def _merge(x):
-    n, h, length, d = x.shape
-    return x.transpose(1, 2).reshape(n, length, h * d)
-
-
-def _attend(q, k, v, heads, key_mask=None):
-    """Plain multi-head softmax attention; returns o with heads concatenated."""
-    qh, kh, vh = _split(q, heads), _split(k, heads), _split(v, heads)
-    logits = qh @ kh.transpose(-1, -2) / math.sqrt(qh.shape[-1])
-    if key_mask is not None:
-        logits = logits.masked_fill(~key_mask[:, None, None, :], float("-inf"))
-    return _merge(logits.softmax(-1) @ vh)
-
-
-def _block_input(model_call, block):
-    """The first positional input of ``block`` during ``model_call()`` (read with a hook, model untouched)."""
-    seen = {}
-    handle = block.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
-    try:
-        with torch.no_grad():
-            model_call()
-    finally:
-        handle.remove()
-    return seen["x"]
-
-
-def _grad_eclip_map(o_fn, q_query, k, v, lam_mask, heads_out):
-    """g = dS/do at the query (autograd), lam = min-max cos(q_query, k_i), map = lam * (v . g)."""
-    o = o_fn().detach().requires_grad_(True)
-    (g,) = torch.autograd.grad(heads_out(o).sum(), o)
-    lam = _minmax(F.cosine_similarity(q_query[:, None, :], k, dim=-1), lam_mask)
-    return lam * torch.einsum("nlc,nc->nl", v, g[:, 0])
-
-
 def test_siglip_map_head_matches_independent_computation():
     model = build("siglip")
     imgs, t = images(IMAGE, 80), 1
@@ -226,7 +180,7 @@ def test_siglip_map_head_matches_independent_computation():
         emb = (y + head.mlp(head.layernorm(y)))[:, 0]
         return F.cosine_similarity(emb, text_emb[t][None], dim=-1)
 
-    m = _grad_eclip_map(lambda: _attend(q, k, v, mha.num_heads), q[:, 0], k, v,
+    m = grad_eclip_map(lambda: attend(q, k, v, mha.num_heads), q[:, 0], k, v,
                         torch.ones(k.shape[:2], dtype=torch.bool), score)
     ref = F.relu(m).reshape(n, 1, IMAGE // PATCH, 80 // PATCH)
     got = GradECLIP(ImageTextSimilarity(model, text_inputs("siglip"))).attribute(imgs, target=t)
@@ -251,7 +205,7 @@ def _bert_cls_reference(layer, x, mask, pooled_to_embedding, other_emb):
                          out.LayerNorm.bias, out.LayerNorm.eps)
         return F.cosine_similarity(pooled_to_embedding(h[:, 0]), other_emb[None], dim=-1)
 
-    m = _grad_eclip_map(lambda: _attend(q, k, v, heads, valid), q[:, 0], k, v, valid, score)
+    m = grad_eclip_map(lambda: attend(q, k, v, heads, mask=valid[:, None]), q[:, 0], k, v, valid, score)
     return F.relu(m)
 
 
@@ -269,7 +223,7 @@ def test_bert_cls_text_matches_independent_computation(family):
         encoder, layers = model.text_model, model.text_model.encoder.layer
         proj = model.text_projection
         call = lambda: model.get_text_features(input_ids=ids, attention_mask=mask)  # noqa: E731
-    x = _block_input(call, layers[-1])
+    x = block_input(call, layers[-1])
     ref = _bert_cls_reference(layers[-1], x, mask, proj, scorer.fixed_features[t]) * words
     got = GradECLIP(scorer, layers[-1]).attribute(ids, target=t, additional_forward_args=(mask,))
     torch.testing.assert_close(got, ref, atol=1e-6, rtol=1e-4)
@@ -285,7 +239,7 @@ def test_blip_image_matches_independent_computation():
     last = vm.encoder.layers[-1]
     attn = last.self_attn
     scorer = ImageTextSimilarity(model, text_inputs("blip"))
-    x = _block_input(lambda: vm(pixel_values=imgs, interpolate_pos_encoding=True), last)
+    x = block_input(lambda: vm(pixel_values=imgs, interpolate_pos_encoding=True), last)
     h1 = last.layer_norm1(x).detach()
     q, k, v = F.linear(h1, attn.qkv.weight, attn.qkv.bias).chunk(3, dim=-1)
 
@@ -297,7 +251,7 @@ def test_blip_image_matches_independent_computation():
 
     patches = torch.ones(k.shape[:2], dtype=torch.bool)
     patches[:, 0] = False
-    m = _grad_eclip_map(lambda: _attend(q, k, v, attn.num_heads), q[:, 0], k, v, patches, score)
+    m = grad_eclip_map(lambda: attend(q, k, v, attn.num_heads), q[:, 0], k, v, patches, score)
     ref = F.relu(m)[:, 1:].reshape(2, 1, IMAGE // PATCH, 80 // PATCH)
     for layer in (None, attn):  # default (fast path) and the attention module itself
         got = GradECLIP(scorer, layer).attribute(imgs, target=t)

@@ -11,7 +11,7 @@
 from __future__ import annotations
 
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import open_clip
 import pytest
@@ -24,7 +24,8 @@ from captum_gradeclip.adapters import text_tower
 from captum_gradeclip.adapters.attention import AttentionAdapter, attention_adapter, register_attention_adapter
 from captum_gradeclip.layers import default_layers, describe_layers
 from openclip_families import IMAGE_FAMILIES, TEXT_FAMILIES, clip_tokens, images_for, pad_mask_model, tiny_clip, zoo
-from openclip_zoo import EMBED, build, native_image_size, text_tokens
+from fixtures import EMBED, build, native_image_size, text_tokens
+from reference import attend, capture, grad_at, image_reference, merge_heads, reference_map, split_heads
 
 warnings.filterwarnings("ignore")
 
@@ -193,73 +194,6 @@ def test_register_attention_adapter() -> None:
 # =============================================================================================================
 # 2. independent reference computations
 # =============================================================================================================
-def split_heads(x: Tensor, h: int) -> Tensor:
-    n, length, c = x.shape
-    return x.reshape(n, length, h, c // h).transpose(1, 2)
-
-
-def merge_heads(x: Tensor) -> Tensor:
-    n, h, length, d = x.shape
-    return x.transpose(1, 2).reshape(n, length, h * d)
-
-
-def attend(q: Tensor, k: Tensor, v: Tensor, h: int, scale: Optional[float] = None,
-           mask: Optional[Tensor] = None) -> Tensor:
-    """Multi-head attention output (heads concatenated) of full-width q (N, Lq, C), k, v (N, Lk, C)."""
-    qh, kh, vh = split_heads(q, h), split_heads(k, h), split_heads(v, h)
-    scale = qh.shape[-1] ** -0.5 if scale is None else scale
-    logits = qh @ kh.transpose(-1, -2) * scale
-    if mask is not None:
-        logits = logits + mask
-    return merge_heads(logits.softmax(-1) @ vh)
-
-
-def reference_map(q: Tensor, k: Tensor, v: Tensor, g: Tensor, queries: Tensor, lam_mask: Tensor) -> Tensor:
-    """sum over queries of lam_q * (v @ g_q), lam_q = min-max over lam_mask of cos(q_q, k). (N, Lk), no ReLU."""
-    n, lk = k.shape[:2]
-    out = torch.zeros(n, lk)
-    for i in range(n):
-        for j in torch.nonzero(queries[i]).flatten().tolist():
-            s = F.cosine_similarity(q[i, j][None], k[i], dim=-1)
-            sel = s[lam_mask[i]]
-            lam = (s - sel.min()) / (sel.max() - sel.min())
-            out[i] += lam * lam_mask[i] * (v[i] @ g[i, j])
-    return out
-
-
-def capture(module: nn.Module, run: Callable[[], object]) -> Tuple[tuple, dict]:
-    """The positional and keyword arguments ``module`` receives while ``run()`` executes."""
-    seen: Dict[str, object] = {}
-
-    def hook(m, args, kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-
-    handle = module.register_forward_pre_hook(hook, with_kwargs=True)
-    try:
-        with torch.no_grad():
-            run()
-    finally:
-        handle.remove()
-    return seen["args"], seen["kwargs"]  # type: ignore[return-value]
-
-
-def grad_at(o: Tensor, tail: Callable[[Tensor], Tensor], fixed: Tensor, target: int) -> Tuple[Tensor, Tensor]:
-    """S = cos(tail(o), fixed[target]) and dS/do."""
-    o = o.detach().requires_grad_(True)
-    emb = tail(o)
-    s = F.cosine_similarity(emb, fixed[target][None], dim=-1)
-    (g,) = torch.autograd.grad(s.sum(), o)
-    return s.detach(), g
-
-
-def image_reference(scorer, images: Tensor, target: int, q, k, v, o, tail, queries, lam_mask, prefix: int,
-                    grid) -> Tensor:
-    s, g = grad_at(o, tail, scorer.fixed_features, target)
-    torch.testing.assert_close(s, scorer(images)[:, target], rtol=1e-4, atol=1e-5)  # the hand forward is right
-    m = F.relu(reference_map(q, k, v, g, queries, lam_mask))
-    return m[:, prefix:].reshape(images.shape[0], 1, *grid)
-
-
 def _vit_open_clip_case(model: nn.Module, images: Tensor, target: int) -> Tensor:
     """open_clip VisionTransformer, last block (CLS or average pooling; default or custom block)."""
     scorer = ImageTextSimilarity(model, torch.randn(3, EMBED, generator=torch.Generator().manual_seed(3)))
@@ -479,7 +413,7 @@ def _text_reference(model: nn.Module, tokens: Tensor, target: int) -> Tuple[Tens
     if mask is not None:
         hm = mask.reshape(-1, heads, mask.shape[-2], mask.shape[-1]) if mask.dim() == 3 else mask[None, None]
     q, k, vv = F.linear(blk.ln_1(x_in), a.in_proj_weight, a.in_proj_bias).chunk(3, dim=-1)
-    o = attend(q, k, vv, heads, mask=hm)
+    o = attend(q, k, vv, heads, bias=hm)
     cls = getattr(text, "cls_emb", None) is not None
     pool = getattr(text, "pool_type", getattr(model, "text_pool_type", "argmax"))
 
@@ -557,7 +491,7 @@ def test_reference_hf_text_encoder(name: str) -> None:
     else:
         q, k, vv = attn.q_proj(x_in), attn.k_proj(x_in), attn.v_proj(x_in)
         heads = attn.num_heads
-    o = attend(q, k, vv, heads, mask=additive)
+    o = attend(q, k, vv, heads, bias=additive)
 
     def tail(o: Tensor) -> Tensor:
         if bert:

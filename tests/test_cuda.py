@@ -9,7 +9,7 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="CUDA is n
 
 
 def test_cuda_maps_equal_cpu_maps(images, tokens):
-    from conftest import make_open_clip
+    from fixtures import make_open_clip
     model = make_open_clip()
     cpu_img = GradECLIP(ImageTextSimilarity(model, tokens)).attribute_all(images)
     cpu_txt = GradECLIP(TextImageSimilarity(model, images)).attribute_all(tokens)
@@ -29,7 +29,7 @@ def test_cuda_at_most_three_syncs_per_call(images, tokens):
     crop, once each per call (the scorers, built once, are outside the measured calls)."""
     import warnings
 
-    from conftest import make_open_clip, make_tokens
+    from fixtures import make_open_clip, make_tokens
     model = make_open_clip().cuda()
     imgs, many = images.cuda(), make_tokens((5, 7, 9, 12, 6, 8), seed=3).cuda()
     image_scorer, text_scorer = ImageTextSimilarity(model, many), TextImageSimilarity(model, imgs)

@@ -9,7 +9,7 @@ independent references in tests/test_grad_eclip.py (layers [0, 1] and [0]) run t
 
 import pytest
 import torch
-from conftest import RouteLog, make_tokens
+from fixtures import RouteLog, make_tokens
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity
 

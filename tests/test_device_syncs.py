@@ -18,9 +18,8 @@ from collections import Counter
 
 import pytest
 import torch
-from conftest import make_tokens
+from fixtures import EMBED, make_tokens, text_tokens
 from openclip_families import IMAGE_FAMILIES, TEXT_FAMILIES, clip_tokens, images_for
-from openclip_zoo import EMBED, text_tokens
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity

@@ -17,6 +17,8 @@ from PIL import Image
 
 from doc_snippets import ROOT, SKIPPED_LINES, all_blocks
 
+pytestmark = pytest.mark.subprocess  # the blocks run in a fresh Python process
+
 BLOCKS = all_blocks()
 
 

@@ -40,6 +40,7 @@ def photo(tmp_path):
     return path
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script, output", [
     ("explain_image_prompts.py", "image_prompts.png"),
     ("explain_caption_words.py", "caption_words.html"),
@@ -77,6 +78,7 @@ def test_example_bad_input_is_one_line(script, args, message, tmp_path, monkeypa
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
+@pytest.mark.subprocess
 @pytest.mark.parametrize("script, args, message", [
     ("explain_image_prompts.py", ["--pretrained", "--image", "{photo}"],
      "could not load open_clip 'ViT-B-16' with pretrained='openai': HF_HUB_OFFLINE is set"),

@@ -28,8 +28,8 @@ from captum_gradeclip.adapters.base import Tower
 from captum_gradeclip.adapters.open_clip import grid_layout
 from captum_gradeclip.layers import default_layers, describe_layers
 from captum_gradeclip.scorers import _Similarity
-from conftest import make_hf_clip, make_open_clip, make_tokens
-from openclip_zoo import EMBED, build, build_from, native_image_size, shrunk_config, text_tokens
+from fixtures import (EMBED, build, build_from, make_hf_clip, make_open_clip, make_tokens, native_image_size,
+                      shrunk_config, text_tokens)
 
 warnings.filterwarnings("ignore")
 

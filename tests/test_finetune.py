@@ -433,6 +433,7 @@ def _torchrun(out: Path, steps: int, loss: str, nproc: int) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
+@pytest.mark.subprocess
 def test_torchrun_two_processes(tmp_path: Path) -> None:
     """2 ranks (gloo): parameters stay identical across ranks, the loss falls, and the run equals one process
     on the same global batch."""
@@ -489,7 +490,7 @@ def test_dense_encoder_on_a_config_built_open_clip_and_unsupported_towers() -> N
     import open_clip
 
     from captum_gradeclip import UnsupportedModelError
-    from conftest import make_open_clip
+    from fixtures import make_open_clip
     model = make_open_clip()
     x = torch.randn(2, 3, 32, 32)
     emb, dense = DenseImageEncoder(model)(x)

@@ -3,7 +3,7 @@
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled
+from fixtures import CONTEXT, make_hf_clip, make_open_clip, make_tokens, pooled
 
 import reference
 from captum_gradeclip import (GradECLIP, ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity,
@@ -185,7 +185,7 @@ def test_attribute_all_equals_stacked_attribute(oc_model, images, tokens):
 
 def test_automatic_chunk_size_bounds_rows_and_keeps_maps(oc_model, images):
     """chunk_size=None: targets per batched backward follow the token rows; the maps do not depend on it."""
-    from conftest import make_tokens
+    from fixtures import make_tokens
     tokens = make_tokens((5, 7, 9, 12, 6, 8, 4), seed=5)
     scorer = ImageTextSimilarity(oc_model, tokens)
     blocks = list(oc_model.visual.transformer.resblocks)
@@ -210,7 +210,7 @@ def test_automatic_chunk_size_bounds_rows_and_keeps_maps(oc_model, images):
 def test_more_targets_than_embedding_dimensions(path, oc_model, images, monkeypatch):
     """K > E: the Jacobian of the embedding (E backward passes) contracted with the K targets' gradients gives the
     same maps as K backward passes (attribute: one target per call)."""
-    from conftest import make_tokens
+    from fixtures import make_tokens
     e = oc_model.text_projection.shape[1]
     k = e + 8
     reports = []

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import io
-import struct
 import threading
-import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+from fixtures import bomb_png
 from PIL import Image
 
 from captum_gradeclip.image_io import DEFAULT_MAX_PIXELS, ImageLoadError, is_image_file, load_image
@@ -26,15 +25,6 @@ def _jpeg_bytes(size=(64, 48)) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(buf, format="JPEG")
     return buf.getvalue()
-
-
-def bomb_png(width: int = 20_000, height: int = 20_000) -> bytes:
-    """A tiny PNG whose header declares ``width x height`` pixels (its data stream is a few bytes)."""
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + \
-        chunk(b"IEND", b"")
 
 
 @pytest.mark.parametrize("kind", ["path", "str", "bytes", "file", "pil"])

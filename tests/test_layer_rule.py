@@ -10,7 +10,7 @@ decomposition of ``relu_then_sum`` into single-layer maps, and real empty word m
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, make_tokens, pooled
+from fixtures import CONTEXT, make_tokens, pooled
 
 import reference
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity

@@ -1,13 +1,13 @@
-"""LeGrad against independent computations (reference_baselines.py), its invariants, and what it refuses."""
+"""LeGrad against independent computations (reference.py), its invariants, and what it refuses."""
 
 import threading
 
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import make_hf_clip, make_open_clip, make_tokens, pooled
+from fixtures import make_hf_clip, make_open_clip, make_tokens, pooled
 
-import reference_baselines as ref
+import reference as ref
 from captum_gradeclip import ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError
 from captum_gradeclip.baselines import LeGrad
 
@@ -36,7 +36,7 @@ class ClsCase:
             self.scorer = ImageTextSimilarity(self.model, tokens)
             v = self.model.visual
             self.blocks = list(v.transformer.resblocks)
-            self.hand = lambda x: ref.open_clip_image(self.model, x)
+            self.hand = lambda x: ref.records_open_clip_image(self.model, x)
             self.head = lambda t: v.ln_post(t) @ v.proj
         else:
             self.model = make_hf_clip()
@@ -46,7 +46,7 @@ class ClsCase:
             self.scorer = ImageTextSimilarity(self.model, {"input_ids": tokens, "attention_mask": mask})
             vm = self.model.vision_model
             self.blocks = list(vm.encoder.layers)
-            self.hand = lambda x: ref.hf_image(self.model, x)
+            self.hand = lambda x: ref.records_hf_image(self.model, x)
             self.head = lambda t: self.model.visual_projection(vm.post_layernorm(t))
         self.fixed = F.normalize(tf, dim=-1)
 
@@ -97,7 +97,7 @@ def test_class_token_feature_is_the_class_rows_gradient(cls_case):
     emb = cls_case.head(recs[-1]["out"][:, 0])
     (g,) = torch.autograd.grad(ref.similarity(emb, cls_case.fixed, 0).sum(), [recs[-1]["probs"]])
     assert g[:, :, 1:].abs().max() == 0  # no other query row reaches the class token's output
-    expected = ref._min_max(g[:, :, 0, 1:].clamp(min=0).mean(1))
+    expected = ref.minmax(g[:, :, 0, 1:].clamp(min=0).mean(1))
     ours = LeGrad(cls_case.scorer, cls_case.blocks[-1]).attribute(x, target=0)
     torch.testing.assert_close(_flat(ours), expected, atol=ATOL, rtol=RTOL)
 
@@ -212,7 +212,7 @@ def test_refuses_text_towers_and_models_without_blocks():
                         text_cfg=dict(context_length=12, vocab_size=100, width=32, heads=2, layers=1)).eval()
     with pytest.raises(UnsupportedModelError, match="ResNet"):
         LeGrad(ImageTextSimilarity(rn, torch.randn(2, 32)))
-    from openclip_zoo import EMBED, build
+    from fixtures import EMBED, build
     convnext = build("convnext_base")  # a feature map averaged into the embedding: no attention to differentiate
     with pytest.raises(UnsupportedModelError, match="LeGrad needs transformer blocks"):
         LeGrad(ImageTextSimilarity(convnext, torch.randn(2, EMBED)))
@@ -224,7 +224,7 @@ def test_other_open_clip_towers(name):
     """Attention poolers (CoCa, timm SigLIP MAP), rotary EVA, average pooling and relative position biases: maps in
     [0, 1] on a wide image (relpos: its own size), batch equals one at a time, the pooler's attention runs once per
     explained layer, the model is unchanged."""
-    from openclip_zoo import EMBED, build, native_image_size
+    from fixtures import EMBED, build, native_image_size
     model = build(name)
     scorer = ImageTextSimilarity(model, torch.randn(3, EMBED, generator=torch.Generator().manual_seed(0)))
     h, w = native_image_size(model)
@@ -243,8 +243,8 @@ def test_other_open_clip_towers(name):
 
 def _hf_families():
     pytest.importorskip("transformers")
-    import test_coverage_hf
-    return test_coverage_hf
+    import hf_families
+    return hf_families
 
 
 @pytest.mark.parametrize("family", ["clip", "siglip", "altclip", "chinese_clip", "blip", "siglip2", "metaclip2"])
@@ -293,7 +293,7 @@ def test_every_open_clip_config(name):
     """Every image tower with transformer blocks gets LeGrad maps in [0, 1] (batch = one at a time, at its own size
     and, where the tower takes it, at twice its width); the others (ResNet, ConvNeXt, FastViT, Swin) are refused
     with UnsupportedModelError."""
-    from openclip_zoo import EMBED, build, native_image_size
+    from fixtures import EMBED, build, native_image_size
     model = build(name)
     scorer = ImageTextSimilarity(model, torch.randn(2, EMBED, generator=torch.Generator().manual_seed(0)))
     if scorer.tower.token_head() is None or not scorer.tower.token_blocks():

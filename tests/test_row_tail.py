@@ -8,7 +8,7 @@ import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import CONTEXT, RouteLog, make_hf_clip, make_open_clip, make_tokens, pooled
+from fixtures import CONTEXT, RouteLog, make_hf_clip, make_open_clip, make_tokens, pooled
 from torch import nn
 
 import reference

@@ -14,7 +14,7 @@ ray = pytest.importorskip("ray")
 
 from captum_gradeclip.cli import main  # noqa: E402
 from captum_gradeclip.scale import ModelSpec, explain_dataset, read_results  # noqa: E402
-from scale_data import in_process_maps, write_scenes, write_truncated_jpeg  # noqa: E402
+from fixtures import in_process_maps, write_scenes, write_truncated_jpeg  # noqa: E402
 
 PROMPTS = ["a red circle", "a blue square"]
 
@@ -52,6 +52,7 @@ def _pairs(out):
     return {(r["image"], r["text"]): r for r in read_results(out).to_pylist()}
 
 
+@pytest.mark.subprocess
 def test_maps_equal_in_process_attribute_all(first_run, folder):
     rows = read_results(first_run).to_pylist()
     keys = sorted({r["image"] for r in rows})
@@ -71,6 +72,7 @@ def test_maps_equal_in_process_attribute_all(first_run, folder):
     assert manifest["model_name"].startswith("shapes-clip") and manifest["versions"]["ray"] == ray.__version__
 
 
+@pytest.mark.subprocess
 def test_truncated_jpeg_is_recorded_and_the_rest_done(first_run):
     errors = [json.loads(line) for line in (first_run / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 1 and errors[0]["image"] == "sub/broken.jpg" and "truncated" in errors[0]["error"]
@@ -78,6 +80,7 @@ def test_truncated_jpeg_is_recorded_and_the_rest_done(first_run):
     assert json.loads((first_run / "manifest.json").read_text())["errors"] == 1
 
 
+@pytest.mark.subprocess
 def test_rerun_is_idempotent(first_run, folder, capsys):
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (first_run / "maps").iterdir()}
     assert main(_argv(folder, first_run)) == 0
@@ -85,6 +88,7 @@ def test_rerun_is_idempotent(first_run, folder, capsys):
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in (first_run / "maps").iterdir()} == before
 
 
+@pytest.mark.subprocess
 def test_resume_after_a_lost_and_a_partial_file(first_run, folder, tmp_path, capsys):
     out = tmp_path / "copy"
     shutil.copytree(first_run, out)
@@ -103,6 +107,7 @@ def test_resume_after_a_lost_and_a_partial_file(first_run, folder, tmp_path, cap
     assert (out / "errors.jsonl").read_text() == (first_run / "errors.jsonl").read_text()
 
 
+@pytest.mark.subprocess
 def test_a_different_job_in_the_same_folder_is_refused(first_run, folder, capsys):
     argv = _argv(folder, first_run)
     argv[argv.index(PROMPTS[1])] = "a green triangle"
@@ -133,6 +138,7 @@ def _explainer_processes():
     return found
 
 
+@pytest.mark.subprocess
 @pytest.mark.skipif(not os.path.isdir("/proc"), reason="finds the worker processes through /proc (Linux)")
 def test_a_worker_killed_mid_run_loses_nothing_and_duplicates_nothing(local_ray, tmp_path):
     source = tmp_path / "many"
@@ -181,6 +187,7 @@ def test_missing_ray_names_the_extra(folder, tmp_path, capsys, monkeypatch):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.subprocess
 def test_an_interrupted_run_keeps_its_files_and_resumes(first_run, folder, tmp_path):
     out = tmp_path / "copy"
     shutil.copytree(first_run, out)

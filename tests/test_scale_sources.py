@@ -11,7 +11,7 @@ pytest.importorskip("pyarrow")
 from captum_gradeclip.image_io import load_image  # noqa: E402
 from captum_gradeclip.scale.sources import SourceError, expand_braces, list_source, read_item  # noqa: E402
 
-from scale_data import write_scenes  # noqa: E402
+from fixtures import write_scenes  # noqa: E402
 
 
 def test_folder_is_searched_recursively_in_sorted_order(tmp_path):

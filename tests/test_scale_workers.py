@@ -7,7 +7,7 @@ import pytest
 from captum_gradeclip.scale.job import _row
 from captum_gradeclip.scale.sources import list_source
 from captum_gradeclip.scale.workers import Explainer, decode_batch
-from scale_data import in_process_maps, write_scenes, write_truncated_jpeg
+from fixtures import in_process_maps, write_scenes, write_truncated_jpeg
 
 DEMO = dict(demo=True, hf=None, checkpoint=None, model="ViT-B-16", pretrained="openai")
 
@@ -32,7 +32,7 @@ def _decode(items, **kw):
 
 
 def test_decoding_matches_the_cli_and_records_bad_files(captioned):
-    from captum_gradeclip.cli import prepare_image
+    from captum_gradeclip.loading import prepare_image
     from captum_gradeclip.image_io import load_image
     root, items = captioned
     rows = _decode(items).to_pylist()

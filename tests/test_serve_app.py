@@ -10,8 +10,8 @@ from PIL import Image
 pytest.importorskip("gradio")
 httpx = pytest.importorskip("httpx")
 from gradio_client import Client, handle_file  # noqa: E402
+from fixtures import bomb_png  # noqa: E402
 from serve_server import model_held, start  # noqa: E402
-from test_image_io import bomb_png  # noqa: E402
 
 from captum_gradeclip.app import ServeLimits  # noqa: E402
 
@@ -207,6 +207,7 @@ def _non_loopback_address():
     return None if address.startswith("127.") else address
 
 
+@pytest.mark.subprocess
 def test_the_command_serves_this_machine_only_by_default(tmp_path):
     import os
     import subprocess

@@ -16,11 +16,12 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 if CHROMIUM is None:
     pytest.skip("Debian's chromium is not installed (apt-get install chromium); the browser test is skipped",
                 allow_module_level=True)
+pytestmark = pytest.mark.subprocess  # a browser (and the app on a local port)
 pytest.importorskip("gradio")
 sync_api = pytest.importorskip("playwright.sync_api")
 
+from fixtures import bomb_png  # noqa: E402
 from serve_server import start  # noqa: E402
-from test_image_io import bomb_png  # noqa: E402
 
 from captum_gradeclip.app import ServeLimits  # noqa: E402
 

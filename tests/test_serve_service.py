@@ -7,14 +7,15 @@ import threading
 import numpy as np
 import pytest
 import torch
+from fixtures import bomb_png
 from PIL import Image
 from serve_server import model_free, model_held
-from test_cli import hf_model_dir  # noqa: F401 - a fixture
-from test_image_io import bomb_png
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, viz
 from captum_gradeclip.app import ExplainService, RequestError, RequestTimeout, ServeLimits
-from captum_gradeclip.cli import _normalize, build_parser, explain_image, load_demo, prepare_image
+from captum_gradeclip.cli import build_parser
+from captum_gradeclip.explanations import explain_image
+from captum_gradeclip.loading import load_demo, normalize_pixels, prepare_image
 
 PROMPTS = "a red circle\na blue square\na green triangle"
 
@@ -174,7 +175,7 @@ def test_compare_with_ig_reports_progress_and_matches_captum(service, scene, lm)
     assert [c.split(" (")[0] for _, c in pairs] == ["Grad-ECLIP", "Integrated Gradients, 20 steps"]
     assert seen == sorted(seen) and seen[0] == 0.0 and seen[-1] == 1.0 and len(seen) == 4  # 3 batches of <= 8
     img01 = prepare_image(Image.open(scene).convert("RGB"), lm.image_size, 8, "native")
-    pixels = _normalize(img01[None], lm)
+    pixels = normalize_pixels(img01[None], lm)
     scorer = ImageTextSimilarity(lm.model, lm.tokenize(["a red circle"]))
     ge = GradECLIP(scorer).attribute(pixels, target=0)[0, 0]
     ig = IntegratedGradients(scorer).attribute(pixels, target=0, n_steps=20).abs().sum(1)[0]
@@ -225,7 +226,7 @@ def test_model_left_untouched(lm, scene, tmp_path):
 
 
 def test_a_huggingface_model_is_served_too(hf_model_dir, tmp_path):
-    from captum_gradeclip.cli import load_hf
+    from captum_gradeclip.loading import load_hf
     hf = load_hf(str(hf_model_dir), "cpu")
     svc = ExplainService(hf, ServeLimits(), workdir=tmp_path / "hf")
     image = tmp_path / "photo.png"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import ipaddress
 
-from ..cli import LoadedModel
+from ..loading import LoadedModel
 from .limits import ServeLimits
 
 _DEFAULTS = ServeLimits()

@@ -26,7 +26,8 @@ import numpy as np
 import torch
 
 from .. import viz
-from ..cli import Explanation, LoadedModel, _normalize, explain_image, prepare_image, save_maps
+from ..explanations import Explanation, explain_image, save_maps
+from ..loading import LoadedModel, normalize_pixels, prepare_image
 from ..grad_eclip import LAYER_RULES
 from ..hooking import calling_thread_only, model_lock
 from ..image_io import ImageLoadError, load_image
@@ -74,7 +75,7 @@ class ExplainResult:
     """One request's answer.
 
     Attributes:
-        explanation: The maps, similarities and words (:class:`captum_gradeclip.cli.Explanation`).
+        explanation: The maps, similarities and words (:class:`captum_gradeclip.explanations.Explanation`).
         overlays: One ``(H, W, 3)`` ``uint8`` heat-map overlay per prompt.
         captions: One caption per overlay: the prompt and its cosine similarity.
         words_html: Each prompt's words shaded by importance (HTML).
@@ -92,14 +93,14 @@ class ExplainService:
     """Explains uploaded images against typed prompts on one loaded model, safely for concurrent callers.
 
     Args:
-        lm: The loaded model (:func:`captum_gradeclip.cli.load_demo`, ``load_open_clip`` or ``load_hf``).
+        lm: The loaded model (:func:`captum_gradeclip.loading.load_demo`, ``load_open_clip`` or ``load_hf``).
         limits: The bounds on each request.
         device: Where the model lives (``"cpu"`` or ``"cuda"``).
         workdir: Folder for the files handed to users (.npz downloads, drawn scenes); a new temporary folder by
             default, removed by :meth:`close`. Files older than an hour are removed as new ones are written.
 
     Examples:
-        >>> from captum_gradeclip.cli import load_demo
+        >>> from captum_gradeclip.loading import load_demo
         >>> service = ExplainService(load_demo("cpu"), ServeLimits())
         >>> result = service.explain(service.draw_scene(seed=0), "a red circle\\na blue square")
         >>> len(result.overlays), result.captions[0].startswith("a red circle")
@@ -271,7 +272,7 @@ class ExplainService:
         total = math.ceil(n_steps / batch)
         report = progress or (lambda fraction, desc: None)
         with self._model_in_use(deadline):
-            pixels = _normalize(img01[None].to(self.device), self.lm)
+            pixels = normalize_pixels(img01[None].to(self.device), self.lm)
             scorer = ImageTextSimilarity(self.lm.model, self.lm.tokenize(texts))
             blocks = scorer.tower.blocks()[-n_layers:] if n_layers else None
             t0 = time.perf_counter()
@@ -330,7 +331,7 @@ class ExplainService:
         return path
 
     def save_maps(self, result: ExplainResult) -> Path:
-        """The raw maps of a result as a new .npz file (see :func:`captum_gradeclip.cli.save_maps`); its path."""
+        """The raw maps of a result as a new .npz file (see :func:`captum_gradeclip.explanations.save_maps`); its path."""
         return save_maps(result.explanation, self._new_file("gradeclip_maps", ".npz"))
 
     def _new_file(self, stem: str, suffix: str) -> Path:

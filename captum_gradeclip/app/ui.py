@@ -56,7 +56,7 @@ def build_app(service: ExplainService, *, title: str = "Grad-ECLIP explanations"
         A :class:`gradio.Blocks`, not launched.
 
     Examples:
-        >>> from captum_gradeclip.cli import load_demo
+        >>> from captum_gradeclip.loading import load_demo
         >>> from captum_gradeclip.app import ExplainService, ServeLimits, build_app
         >>> app = build_app(ExplainService(load_demo("cpu"), ServeLimits()))  # doctest: +SKIP
         >>> app.queue(max_size=16).launch(server_name="127.0.0.1")             # doctest: +SKIP

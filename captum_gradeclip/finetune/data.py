@@ -90,7 +90,7 @@ class ShapesCaptions(torch.utils.data.Dataset):
 
 
 def _load_image(path: Path, size: int, where: str) -> Tensor:
-    from ..cli import prepare_image
+    from ..loading import prepare_image
     from ..image_io import ImageLoadError, load_image
 
     try:

@@ -182,7 +182,7 @@ def load_trainable(config: FineTuneConfig, device: torch.device) -> TrainableCLI
                              mean=tuple(clip.mean), std=tuple(clip.std),
                              description={"model": "shapes", "context_length": config.context_length,
                                           "vocab": tok.vocab})
-    from ..cli import load_open_clip
+    from ..loading import load_open_clip
 
     lm = load_open_clip(config.model, config.pretrained, str(device))
     return TrainableCLIP(model=lm.model.train(), tokenize=lm.tokenize, image_size=lm.image_size, mean=lm.mean,
@@ -561,12 +561,12 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Command-line entry: train, print one line, exit 0; a bad row or checkpoint prints one line, exit 2."""
     import sys
 
-    from ..cli import CLIError
+    from ..errors import InputError
 
     args = build_parser().parse_args(argv)
     try:
         result = train(config_from_args(args))
-    except (DataRowError, CheckpointError, CLIError, ValueError) as err:
+    except (DataRowError, CheckpointError, InputError, ValueError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     if result.checkpoint is not None:

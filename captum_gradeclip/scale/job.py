@@ -10,7 +10,6 @@ every finished file.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import logging
@@ -219,11 +218,11 @@ def _source_id(source: Any) -> str:
 def _describe_model(model: ModelSpec, prompts: List[str], layers: Optional[int], word_maps: bool) -> Dict[str, Any]:
     """Load the model on the CPU of the driver: its name, image size and native stride (which the decoding tasks
     need), and the checks of ``gradeclip explain`` (the prompts tokenize, ``layers`` fits the towers)."""
-    from ..cli import _check_layers, _load, native_stride
-    lm = _load(argparse.Namespace(device="cpu", **asdict(model)))
+    from ..loading import check_layers, load_model, native_stride
+    lm = load_model("cpu", **asdict(model))
     if prompts:
         lm.tokenize(prompts)  # raises ValueError naming the unknown words (the shapes model's vocabulary)
-    _check_layers(lm, layers, "both" if word_maps else "image")
+    check_layers(lm, layers, "both" if word_maps else "image")
     patch = native_stride(lm)
     return {"model_name": lm.name, "image_size": int(lm.image_size), "patch": patch}
 

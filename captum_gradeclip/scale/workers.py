@@ -7,7 +7,6 @@ explained ones as the bytes of a float32 ``(T, h, w)`` array of maps (one per te
 
 from __future__ import annotations
 
-import argparse
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -31,7 +30,7 @@ def decode_batch(batch: Any, *, image_size: int, patch: Optional[int], mode: str
     Args:
         batch (pyarrow.Table): rows ``shard, index, key, path, captions, offset, size`` (one per image).
         image_size (int), patch (int or None), mode (str): the arguments of
-            :func:`captum_gradeclip.cli.prepare_image`.
+            :func:`captum_gradeclip.loading.prepare_image`.
         max_pixels (int), max_bytes (int): the limits of :func:`captum_gradeclip.image_io.load_image`.
 
     Returns:
@@ -40,7 +39,7 @@ def decode_batch(batch: Any, *, image_size: int, patch: Optional[int], mode: str
     """
     import pyarrow as pa
 
-    from ..cli import prepare_image
+    from ..loading import prepare_image
     from ..image_io import ImageLoadError, load_image
     out: Dict[str, List[Any]] = {name: [] for name in DECODED_COLUMNS}
     for row in batch.to_pylist():
@@ -67,7 +66,7 @@ class Explainer:
     """A Ray actor (through Ray Data's actor pool) that loads the model once and explains whole batches.
 
     Each image is explained against the job's prompts followed by its own captions. Images of the same size
-    are explained together with one :func:`captum_gradeclip.cli.explain_images` call (``attribute_all`` over
+    are explained together with one :func:`captum_gradeclip.explanations.explain_images` call (``attribute_all`` over
     the union of their texts); word maps, when asked, come from the same call when every image has the same
     texts, else per image. An image whose captions cannot be tokenized, or on which the model fails alone, is
     returned with its error; the others are explained.
@@ -90,10 +89,10 @@ class Explainer:
                  layer_rule: Optional[str] = None) -> None:
         import torch
 
-        from ..cli import _load
+        from ..loading import load_model
         torch.set_num_threads(max(1, int(threads)))
         self.device = device
-        self.lm = _load(argparse.Namespace(device=device, **model_args))
+        self.lm = load_model(device, **model_args)
         self.prompts = list(prompts)
         self.layers = layers
         self.single_head = single_head
@@ -160,7 +159,7 @@ class Explainer:
                  shape: Tuple[int, ...]) -> None:
         import torch
 
-        from ..cli import explain_images
+        from ..explanations import explain_images
         images = torch.from_numpy(np.stack([np.frombuffer(rows[n]["pixels"], dtype=np.float32).reshape(shape)
                                             for n in members]))
         union: List[str] = []  # every text of the group once, in order of appearance
