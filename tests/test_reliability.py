@@ -7,7 +7,7 @@ import warnings
 import pytest
 import torch
 from captum.attr import Saliency
-from fixtures import make_open_clip, make_tokens
+from fixtures import make_open_clip
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, LayerNotExecutedError, TextImageSimilarity
 from captum_gradeclip.baselines import AttentionRollout, GradientWeightedAttention, TokenGradCAM
