@@ -21,8 +21,6 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .registry import FAMILIES, SUPPORTED_MODELS
 
-
-# ---------------------------------------------------------------------------------------------------------------
 COMMAND = "python -m captum_gradeclip.adapters.registry_docs --write"
 DOCS = Path(__file__).resolve().parents[2] / "docs"
 
@@ -52,12 +50,12 @@ def open_clip_markdown() -> str:
 def hf_markdown() -> str:
     """The class table of the transformers families (``docs/models_hf.md``)."""
     lines = ["| Class | Image tower: explained layer, query, map | Text tower: pooling, words reported | Notes | "
-             "Example checkpoints |", "|---|---|---|---|---|"]
+             "Attention modules read | Example checkpoints |", "|---|---|---|---|---|---|"]
     for family in (f for f in FAMILIES if f.library == "transformers"):
+        attention = "; ".join(_cell(kind.description) for kind in family.attention)
         checkpoints = ", ".join(f"`{c}`" for c in family.checkpoints)
-        for i, row in enumerate(family.rows):
-            lines.append(f"| {row.classes} | {_cell(row.image)} | {_cell(row.text)} | {_cell(row.notes)} | "
-                         f"{checkpoints if i == 0 else ''} |")
+        lines += [f"| {row.classes} | {_cell(row.image)} | {_cell(row.text)} | {_cell(row.notes)} | {attention} | "
+                  f"{checkpoints} |" for row in family.rows]
     return "\n".join(lines)
 
 
@@ -71,6 +69,20 @@ SECTIONS: Dict[str, Tuple[Tuple[str, Callable[[], str]], ...]] = {
     "models.md": (("open_clip towers", open_clip_markdown), ("supported models", supported_markdown)),
     "models_hf.md": (("transformers classes", hf_markdown),),
 }
+
+
+def models_md_sections() -> List[str]:
+    """The registry's part of ``docs/models.md`` (lines), as ``benchmarks/models_table.py`` writes it before the
+    measured table."""
+    return [
+        "## Tower families", "",
+        "What the model registry (`captum_gradeclip/adapters/registry.py`) gives an open_clip model, by the class of "
+        "its `visual` and text towers; the table below it is measured on every config.", "",
+        fenced("open_clip towers", open_clip_markdown()), "",
+        "All supported models (`captum_gradeclip.SUPPORTED_MODELS`, as `UnsupportedModelError` lists them):", "",
+        fenced("supported models", supported_markdown()), "",
+        "## Every open_clip config", "",
+    ]
 
 
 def _markers(name: str) -> Tuple[str, str]:
