@@ -61,6 +61,12 @@ class AttentionAdapter(abc.ABC):
         self.num_heads: int = 1
         self.scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
 
+    def read_heads(self) -> None:
+        """Set :attr:`num_heads` and :attr:`scale` from the module's own ``num_heads`` and ``scale`` attributes (timm
+        and BLIP attention modules)."""
+        self.num_heads = int(self.module.num_heads)
+        self.scale = getattr(self.module, "scale", None)
+
     @classmethod
     def matches(cls, module: nn.Module) -> bool:
         """Whether this adapter reads ``module`` (how :data:`~.registry.ATTENTION_KINDS` recognises modules)."""

@@ -103,8 +103,7 @@ class FusedQKVAttentionAdapter(AttentionAdapter):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
-        self.num_heads = int(module.num_heads)
-        self.scale = getattr(module, "scale", None)
+        self.read_heads()
 
     @classmethod
     def matches(cls, module: nn.Module) -> bool:

@@ -425,10 +425,9 @@ class OpenClipTextTransformerTower(Tower):
     side = "text"
     default_depth = 8
 
-    def __init__(self, model: nn.Module, text: Optional[nn.Module] = None) -> None:
-        text = model.text if text is None else text
+    def __init__(self, model: nn.Module) -> None:
+        text = self.text = model.text
         super().__init__(model, text)
-        self.text = text
         self.pool_type = text.pool_type
         if text.cls_emb is None and self.pool_type not in ("argmax", "eos", "last", "first"):
             raise UnsupportedModelError(

@@ -11,7 +11,7 @@ first token. The encoders' attention modules are read by :mod:`.hf_attention` (B
 
 from __future__ import annotations
 
-from typing import Any, List, Optional
+from typing import Any, List
 
 import torch
 from torch import Tensor, nn
@@ -26,11 +26,10 @@ class OpenClipHFTextTower(Tower):
     side = "text"
     default_depth = 8
 
-    def __init__(self, model: nn.Module, text: Optional[nn.Module] = None) -> None:
-        text = model.text if text is None else text
-        super().__init__(model, text)
-        self.text = text
-        pooler = type(text.pooler).__name__
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, model.text)
+        self.text = model.text
+        pooler = type(self.text.pooler).__name__
         if pooler == "MeanPooler":
             self.mean = True
         elif pooler in ("ClsPooler", "ClsLastHiddenStatePooler"):
@@ -39,8 +38,8 @@ class OpenClipHFTextTower(Tower):
             raise UnsupportedModelError(
                 f"open_clip HFTextEncoder with {pooler}: no attention query pools the text; supported poolers: "
                 "MeanPooler, ClsPooler, ClsLastHiddenStatePooler")
-        self.pad_id = text.config.pad_token_id
-        self.start = getattr(text.config, "bos_token_id", None) is not None
+        self.pad_id = self.text.config.pad_token_id
+        self.start = getattr(self.text.config, "bos_token_id", None) is not None
         self._blocks = self._find_blocks()
 
     def _find_blocks(self) -> List[nn.Module]:

@@ -161,6 +161,13 @@ def _open_clip_claims(model: nn.Module, side: str) -> bool:
     return type(model).__name__ in ("CLIP", "CustomTextCLIP", "CoCa")
 
 
+def _one_class(name: str, cls: str, image: str, text: str, **fields: Any) -> Family:
+    """A transformers family of one two-tower class ``cls`` (``image`` and ``text``: references to its towers)."""
+    fields.setdefault("supported", f"transformers.{cls}")
+    return Family(name=name, library="transformers", image=(TowerKind(cls, image, classes=(cls,)),),
+                  text=(TowerKind(cls, text, classes=(cls,)),), **fields)
+
+
 _CLIP_IMAGE = "last ViT block; CLS; `(H/p, W/p)` patch grid"
 _SIGLIP_IMAGE = ("the attention-pooling (MAP) head `vision_model.head`: the learned probe is the query, the "
                  "patches are the keys; no class token")
@@ -200,10 +207,8 @@ FAMILIES: Tuple[Family, ...] = (
         checkpoints=("ViT-B-32", "RN50", "coca_ViT-B-32", "ViT-B-16-SigLIP", "EVA02-B-16", "convnext_base_w",
                      "xlm-roberta-base-ViT-B-32"),
     ),
-    Family(
-        name="CLIP", library="transformers", supported="transformers.CLIPModel",
-        image=(TowerKind("CLIPModel", "hf:HFCLIPVisionTower", classes=("CLIPModel",)),),
-        text=(TowerKind("CLIPModel", "hf:HFCLIPTextTower", classes=("CLIPModel",)),),
+    _one_class(
+        "CLIP", "CLIPModel", "hf:HFCLIPVisionTower", "hf:HFCLIPTextTower",
         attention=(QKV_LINEAR,),
         without_projection=(("CLIPVisionModel", "CLIPVisionModelWithProjection"),
                             ("CLIPTextModel", "CLIPTextModelWithProjection")),
@@ -218,7 +223,8 @@ FAMILIES: Tuple[Family, ...] = (
                   "side as precomputed embeddings)",
         image=(TowerKind("CLIPVisionModelWithProjection", "hf:HFCLIPVisionTower",
                          classes=("CLIPVisionModelWithProjection",)),),
-        text=(TowerKind("CLIPTextModelWithProjection", "hf:HFCLIPTextTower", classes=("CLIPTextModelWithProjection",)),),
+        text=(TowerKind("CLIPTextModelWithProjection", "hf:HFCLIPTextTower",
+                        classes=("CLIPTextModelWithProjection",)),),
         attention=(QKV_LINEAR,),
         checkpoints=("openai/clip-vit-base-patch32",),
         rows=(DocRow("`CLIPVisionModelWithProjection`", "as `CLIPModel`", "—",
@@ -245,7 +251,8 @@ FAMILIES: Tuple[Family, ...] = (
     Family(
         name="SigLIP", library="transformers",
         supported="transformers.SiglipModel, SiglipVisionModel, SiglipTextModel (image: attention-pooling head)",
-        image=(TowerKind("SiglipModel", "hf_siglip:HFSiglipVisionTower", classes=("SiglipModel", "SiglipVisionModel")),),
+        image=(TowerKind("SiglipModel", "hf_siglip:HFSiglipVisionTower",
+                         classes=("SiglipModel", "SiglipVisionModel")),),
         text=(TowerKind("SiglipModel", "hf_siglip:HFSiglipTextTower", classes=("SiglipModel", "SiglipTextModel")),),
         attention=(QKV_LINEAR, MULTIHEAD),
         checkpoints=("google/siglip-base-patch16-224", "google/siglip-so400m-patch14-384"),
@@ -268,31 +275,24 @@ FAMILIES: Tuple[Family, ...] = (
                      "`additional_forward_args=(pixel_attention_mask, spatial_shapes)` (one grid per batch); the "
                      "fixed side of `TextImageSimilarity` may also be the processor's dict"),),
     ),
-    Family(
-        name="AltCLIP", library="transformers", supported="transformers.AltCLIPModel",
-        image=(TowerKind("AltCLIPModel", "hf:HFCLIPVisionTower", classes=("AltCLIPModel",)),),
-        text=(TowerKind("AltCLIPModel", "hf_bert:HFAltCLIPTextTower", classes=("AltCLIPModel",)),),
+    _one_class(
+        "AltCLIP", "AltCLIPModel", "hf:HFCLIPVisionTower", "hf_bert:HFAltCLIPTextTower",
         attention=(QKV_LINEAR, BERT_SELF_ATTENTION),
         checkpoints=("BAAI/AltCLIP",),
         rows=(DocRow("`AltCLIPModel`", "as `CLIPModel`",
                      "XLM-R, bidirectional with padding mask, pooled at `<s>` (position 0); words between `<s>` and "
                      "`</s>`"),),
     ),
-    Family(
-        name="ChineseCLIP", library="transformers", supported="transformers.ChineseCLIPModel",
-        image=(TowerKind("ChineseCLIPModel", "hf:HFCLIPVisionTower", classes=("ChineseCLIPModel",)),),
-        text=(TowerKind("ChineseCLIPModel", "hf_bert:HFChineseCLIPTextTower", classes=("ChineseCLIPModel",)),),
+    _one_class(
+        "ChineseCLIP", "ChineseCLIPModel", "hf:HFCLIPVisionTower", "hf_bert:HFChineseCLIPTextTower",
         attention=(QKV_LINEAR, BERT_SELF_ATTENTION),
         checkpoints=("OFA-Sys/chinese-clip-vit-base-patch16",),
         rows=(DocRow("`ChineseCLIPModel`", "as `CLIPModel`",
                      "BERT, bidirectional, pooled at `[CLS]`; words between `[CLS]` and `[SEP]`"),),
     ),
-    Family(
-        name="BLIP", library="transformers",
+    _one_class(
+        "BLIP", "BlipForImageTextRetrieval", "hf:HFBlipVisionTower", "hf_bert:HFBlipTextTower",
         supported="transformers.BlipForImageTextRetrieval (image-text contrastive path, use_itm_head=False)",
-        image=(TowerKind("BlipForImageTextRetrieval", "hf:HFBlipVisionTower", classes=("BlipForImageTextRetrieval",)),),
-        text=(TowerKind("BlipForImageTextRetrieval", "hf_bert:HFBlipTextTower",
-                        classes=("BlipForImageTextRetrieval",)),),
         attention=(FUSED_QKV, BERT_SELF_ATTENTION),
         checkpoints=("Salesforce/blip-itm-base-coco",),
         rows=(DocRow("`BlipForImageTextRetrieval`", "last ViT block; CLS; `vision_proj` of the post-LN class token",
