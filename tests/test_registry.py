@@ -197,7 +197,7 @@ def _module_name(path: Path) -> str:
 
 def _module_level_imports(path: Path, modules: Set[str]) -> Set[str]:
     """Package modules that ``path`` imports when it is imported (statements of the module body, also inside
-    ``if`` / ``try`` at that level, not inside functions or classes)."""
+    ``if`` / ``try`` at that level, not inside functions or classes nor under ``if TYPE_CHECKING``)."""
     name = _module_name(path)
     package = name if path.stem == "__init__" else name.rpartition(".")[0]
     found: Set[str] = set()
@@ -215,6 +215,8 @@ def _module_level_imports(path: Path, modules: Set[str]) -> Set[str]:
                 if base in modules:
                     found.add(base)
                 found.update(f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in modules)
+            elif isinstance(node, ast.If) and ast.unparse(node.test) in ("TYPE_CHECKING", "typing.TYPE_CHECKING"):
+                continue  # annotations only: never imported at run time
             elif isinstance(node, (ast.If, ast.Try)):
                 visit(node.body + node.orelse + getattr(node, "finalbody", []))
                 for handler in getattr(node, "handlers", []):

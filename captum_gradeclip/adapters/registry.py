@@ -18,11 +18,15 @@ from __future__ import annotations
 import importlib
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, List, Optional, Sequence, Tuple, Type
 
 from torch import nn
 
 from ..errors import UnsupportedModelError
+
+if TYPE_CHECKING:  # annotations only: the adapter modules import this one
+    from .attention import AttentionAdapter
+    from .base import Tower
 
 Predicate = Callable[[nn.Module], bool]
 
@@ -391,7 +395,7 @@ def _refusal(model: nn.Module, families: Sequence[Family], side: str) -> Unsuppo
     return _unsupported(model, side)
 
 
-def _tower(model: nn.Module, side: str) -> Any:
+def _tower(model: nn.Module, side: str) -> "Tower":
     model = uncompiled(model, side)
     families = [family for family in FAMILIES if family.owns(model)]
     kind = _tower_kind(model, families, side)
@@ -400,7 +404,7 @@ def _tower(model: nn.Module, side: str) -> Any:
     return load(kind.build)(model)
 
 
-def image_tower(model: nn.Module) -> Any:
+def image_tower(model: nn.Module) -> "Tower":
     """The image tower adapter (:class:`~captum_gradeclip.adapters.base.Tower`) of ``model``, as :data:`FAMILIES`
     says; a ``torch.compile`` wrapper is explained through its original.
 
@@ -415,7 +419,7 @@ def image_tower(model: nn.Module) -> Any:
     return _tower(model, "image")
 
 
-def text_tower(model: nn.Module) -> Any:
+def text_tower(model: nn.Module) -> "Tower":
     """The text tower adapter of ``model``, as :data:`FAMILIES` says (see :func:`image_tower`).
 
     Raises:
@@ -461,7 +465,8 @@ class _AttentionTable:
 _ATTENTION = _AttentionTable()
 
 
-def register_attention_adapter(predicate: Predicate, cls: type, description: Optional[str] = None) -> None:
+def register_attention_adapter(predicate: Predicate, cls: Type["AttentionAdapter"], description: Optional[str] = None
+                               ) -> None:
     """Teach Grad-ECLIP a new kind of attention module: ``cls`` adapts modules for which ``predicate`` is True.
 
     Adapters registered later are tried after the built-in ones (:data:`ATTENTION_KINDS`); registering a class
@@ -486,7 +491,7 @@ def is_attention_module(module: nn.Module) -> bool:
     return any(pred(module) for pred, _ in _ATTENTION.entries())
 
 
-def attention_adapter(module: nn.Module) -> Any:
+def attention_adapter(module: nn.Module) -> "AttentionAdapter":
     """The adapter (:class:`~captum_gradeclip.adapters.attention.AttentionAdapter`) for an attention module.
 
     Raises:
