@@ -49,8 +49,7 @@ class TimmAttentionAdapter(AttentionAdapter):
             raise UnsupportedModelError(
                 f"timm {type(module).__name__} with a gated output (gated=True): the gate depends on each token, "
                 "so the attention output cannot be projected on its own; not supported")
-        self.num_heads = int(module.num_heads)
-        self.scale = getattr(module, "scale", None)
+        self.read_heads()
         self.linear_projection = isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
 
     @classmethod
