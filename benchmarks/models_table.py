@@ -7,7 +7,9 @@ Usage::
 Each config of ``open_clip.list_models()`` is shrunk (see ``tests/fixtures.py``), built with random weights,
 and both towers are run through ``GradECLIP``: an image map at the native size and at twice the width, a text
 map, with the fixed side of each scorer encoded by the model. Configs are grouped by tower family; the table says
-what is explained, which layers are explained by default, and why a tower raises ``UnsupportedModelError``.
+what is explained, which layers are explained by default, and why a tower raises ``UnsupportedModelError``. The
+tower families and the supported-model list above it come from the model registry
+(``captum_gradeclip.adapters.registry_docs``; ``--check`` there tells when they are stale).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ import open_clip  # noqa: E402
 import torch  # noqa: E402
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError  # noqa: E402
+from captum_gradeclip.adapters.registry_docs import models_md_sections  # noqa: E402
 from captum_gradeclip.layers import describe_layers  # noqa: E402
 from fixtures import build, native_image_size, text_tokens  # noqa: E402
 
@@ -153,6 +156,7 @@ def write_markdown(rows: List[Dict[str, str]], path: str) -> None:
         "- the fixed side of each scorer (the texts of `ImageTextSimilarity`, the images of `TextImageSimilarity`) is "
         "encoded by the model itself; every run here encodes it so.",
         "",
+        *models_md_sections(),
         "| image tower | image | default image layer | notes | text tower | text | default text layers | configs |",
         "|---|---|---|---|---|---|---|---|",
     ]

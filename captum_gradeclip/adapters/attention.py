@@ -12,25 +12,32 @@ received in a forward pass, the questions Grad-ECLIP asks of it:
 - ``output_module``: the module whose output is ``y`` (the attention module itself, or a submodule such as the
   output projection of an attention pooler whose own output comes after an MLP and pooling).
 
-Adapters never patch or re-run the module: they only read its parameters.
+Adapters never patch or re-run the module: they only read its parameters. Each says which modules it reads
+(``matches``); the registry (:mod:`.registry`) tries them in its order, and :func:`attention_adapter`,
+:func:`is_attention_module` and :func:`register_attention_adapter` are the registry's, named here too.
 """
 
 from __future__ import annotations
 
 import abc
 import math
-from typing import Any, Callable, Dict, List, Optional, Tuple, Type
+from typing import Any, Dict, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
+from .registry import SUPPORTED_ATTENTION, attention_adapter, is_attention_module, register_attention_adapter
 
 QKV = Tuple[Tensor, Tensor, Tensor]
 
+__all__ = ["QKV", "SUPPORTED_ATTENTION", "AttentionAdapter", "MultiheadAttentionAdapter", "OpenClipAttentionAdapter",
+           "QKVLinearAttentionAdapter", "attention_adapter", "attention_output_at", "full_width",
+           "is_attention_module", "register_attention_adapter", "single_head_output", "split_heads"]
 
-def _heads(x: Tensor, num_heads: int) -> Tensor:
+
+def split_heads(x: Tensor, num_heads: int) -> Tensor:
     """(N, L, C) -> (N, H, L, C / H)."""
     n, length, width = x.shape
     return x.reshape(n, length, num_heads, width // num_heads).transpose(1, 2)
@@ -53,6 +60,17 @@ class AttentionAdapter(abc.ABC):
         self.module = module
         self.num_heads: int = 1
         self.scale: Optional[float] = None  # None: 1 / sqrt(head_dim)
+
+    def read_heads(self) -> None:
+        """Set :attr:`num_heads` and :attr:`scale` from the module's own ``num_heads`` and ``scale`` attributes (timm
+        and BLIP attention modules)."""
+        self.num_heads = int(self.module.num_heads)
+        self.scale = getattr(self.module, "scale", None)
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        """Whether this adapter reads ``module`` (how :data:`~.registry.ATTENTION_KINDS` recognises modules)."""
+        return False
 
     @property
     def output_module(self) -> nn.Module:
@@ -104,6 +122,10 @@ class MultiheadAttentionAdapter(AttentionAdapter):
         self.num_heads = module.num_heads
         self.batch_first = module.batch_first
 
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return isinstance(module, nn.MultiheadAttention)
+
     def _bf(self, x: Tensor) -> Tensor:
         return x if self.batch_first else x.transpose(0, 1)
 
@@ -126,7 +148,7 @@ class MultiheadAttentionAdapter(AttentionAdapter):
         if m.bias_k is not None:
             raise UnsupportedModelError("nn.MultiheadAttention with add_bias_kv=True is not supported")
         h = self.num_heads
-        return _heads(q, h), _heads(k, h), _heads(v, h)
+        return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 
     def row_qkv(self, x: Tensor) -> QKV:
         x = self._bf(x)
@@ -153,13 +175,18 @@ class OpenClipAttentionAdapter(AttentionAdapter):
         self.scale = module.scale
         self.linear_projection = isinstance(module.ln_inner, nn.Identity)
 
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return type(module).__name__ == "Attention" and type(module).__module__.startswith("open_clip") \
+            and hasattr(module, "in_proj_weight") and hasattr(module, "out_proj")
+
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
         m = self.module
         x = args[0] if args else kwargs["x"]
         bias = None if m.in_proj_bias is None else m.in_proj_bias.to(x.dtype)
         q, k, v = F.linear(x, m.in_proj_weight.to(x.dtype), bias).chunk(3, dim=-1)
         h = self.num_heads
-        q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+        q, k, v = split_heads(q, h), split_heads(k, h), split_heads(v, h)
         if m.logit_scale is not None:
             q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
         else:
@@ -199,6 +226,11 @@ class QKVLinearAttentionAdapter(AttentionAdapter):
         self.num_heads = int(getattr(module, "num_heads", 0) or module.config.num_attention_heads)
         self.scale = getattr(module, "scale", None) or getattr(module, "scaling", None)
 
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return all(isinstance(getattr(module, n, None), nn.Linear)
+                   for n in (cls.q_name, cls.k_name, cls.v_name, cls.o_name))
+
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
         m = self.module
         x = args[0] if args else kwargs["hidden_states"]
@@ -206,68 +238,13 @@ class QKVLinearAttentionAdapter(AttentionAdapter):
         q = getattr(m, self.q_name)(x)
         k = getattr(m, self.k_name)(x)
         v = getattr(m, self.v_name)(x)
-        return _heads(q, h), _heads(k, h), _heads(v, h)
+        return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 
     def row_qkv(self, x: Tensor) -> QKV:
         return self.qkv((x,), {})
 
     def project(self, o: Tensor) -> Tensor:
         return getattr(self.module, self.o_name)(o)
-
-
-def _is_qkv_linear(module: nn.Module) -> bool:
-    names = QKVLinearAttentionAdapter
-    return all(isinstance(getattr(module, n, None), nn.Linear)
-               for n in (names.q_name, names.k_name, names.v_name, names.o_name))
-
-
-def _is_open_clip_attention(module: nn.Module) -> bool:
-    return type(module).__name__ == "Attention" and type(module).__module__.startswith("open_clip") \
-        and hasattr(module, "in_proj_weight") and hasattr(module, "out_proj")
-
-
-#: (predicate, adapter class), tried in order.
-_REGISTRY: List[Tuple[Callable[[nn.Module], bool], Type[AttentionAdapter]]] = [
-    (lambda m: isinstance(m, nn.MultiheadAttention), MultiheadAttentionAdapter),
-    (_is_open_clip_attention, OpenClipAttentionAdapter),
-    (_is_qkv_linear, QKVLinearAttentionAdapter),
-]
-
-SUPPORTED_ATTENTION = ("torch.nn.MultiheadAttention", "open_clip Attention",
-                       "attention modules with q_proj/k_proj/v_proj/out_proj linears (HuggingFace)")
-
-
-def register_attention_adapter(predicate: Callable[[nn.Module], bool], cls: Type[AttentionAdapter],
-                               description: Optional[str] = None) -> None:
-    """Teach Grad-ECLIP a new kind of attention module: ``cls`` adapts modules for which ``predicate`` is True.
-
-    Adapters registered later are tried after the built-in ones; ``description`` is listed in error messages.
-    """
-    if any(c is cls for _, c in _REGISTRY):
-        return
-    _REGISTRY.append((predicate, cls))
-    if description:
-        global SUPPORTED_ATTENTION
-        SUPPORTED_ATTENTION = SUPPORTED_ATTENTION + (description,)
-
-
-def is_attention_module(module: nn.Module) -> bool:
-    """Whether an adapter exists for ``module``."""
-    return any(pred(module) for pred, _ in _REGISTRY)
-
-
-def attention_adapter(module: nn.Module) -> AttentionAdapter:
-    """The adapter for an attention module.
-
-    Raises:
-        UnsupportedModelError: if no adapter knows ``type(module)``.
-    """
-    for pred, cls in _REGISTRY:
-        if pred(module):
-            return cls(module)
-    raise UnsupportedModelError(
-        f"{type(module).__module__}.{type(module).__name__} is not an attention module that Grad-ECLIP can "
-        f"explain; supported: {', '.join(SUPPORTED_ATTENTION)}, or a transformer block containing one.")
 
 
 def full_width(x: Tensor) -> Tensor:

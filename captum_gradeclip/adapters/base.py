@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .attention import attention_adapter, is_attention_module
+from .registry import attention_adapter, is_attention_module
 
 
 @dataclass
@@ -294,39 +294,145 @@ def check_tokens(tokens: Any, name: str = "token ids") -> None:
         raise TypeError(f"{name} must be an integer tensor, got {tokens.dtype}")
 
 
-def causal_layout(tokens: Tensor, query: Tensor, valid: Tensor, causal: bool, single_head: bool,
-                  first_word: int = 1) -> TokenLayout:
-    """Text layout for towers pooled at one query token.
+def pair(x: Any) -> Tuple[int, int]:
+    """``(a, b)`` from a pair or a single int (patch sizes, grids, image sizes of configs)."""
+    return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
+
+
+def grid_layout(n: int, grid: Tuple[int, int], device: torch.device, *, prefix: int = 1, query: int = 0,
+                pooled_queries: Optional[Tensor] = None) -> TokenLayout:
+    """Image layout: keys are ``prefix`` special tokens followed by the ``h x w`` patch grid (row-major).
+
+    Args:
+        n: batch size.
+        grid: ``(h, w)`` patch grid.
+        prefix: number of keys before the grid (class and register tokens, the mean token of a ResNet pool).
+        query: position of the pooling query on the module's query axis (0: the class token of a ViT).
+        pooled_queries: ``(Lq,)`` boolean mask of the queries that are averaged into the embedding (average
+            pooling); replaces ``query``.
+
+    Returns:
+        TokenLayout: lam and the map over the patches, every key visible (``allowed`` is None).
+
+    Examples::
+
+        >>> grid_layout(2, (7, 7), torch.device("cpu")).report_mask.shape   # class token, then 49 patches
+        torch.Size([2, 50])
+    """
+    length = prefix + grid[0] * grid[1]
+    patches = torch.zeros(n, length, dtype=torch.bool, device=device)
+    patches[:, prefix:] = True
+    q = torch.full((n,), query, dtype=torch.long, device=device)
+    query_mask = None
+    if pooled_queries is not None:
+        query_mask = pooled_queries.to(device)[None, :].expand(n, -1).clone()
+    return TokenLayout(query=q, lam_mask=patches, report_mask=patches, allowed=None, grid=grid,
+                       query_mask=query_mask)
+
+
+#: values of ``text_layout(..., see_self=)``: which rows of ``allowed`` also see their own position
+SEE_SELF = ("always", "if_empty")
+
+
+def text_layout(tokens: Tensor, query: Tensor, words: Tensor, key_valid: Optional[Tensor], causal: bool,
+                single_head: bool, length: Optional[int] = None, see_self: str = "if_empty") -> TokenLayout:
+    """Layout of a text tower pooled at one query position, whose keys are ``length`` positions (the tokens,
+    then any appended token such as CoCa's class token).
 
     Args:
         tokens: ``(N, L)`` ids.
-        query: ``(N,)`` pooling position.
-        valid: ``(N, L)`` positions that are not padding (attention mask).
-        causal: whether the tower uses a causal mask.
-        single_head: the authors' normalisation of lam over all context positions.
-        first_word: first position that is a word (1 after a start token).
+        query: ``(N,)`` pooling position on the key axis.
+        words: ``(N, L)`` word positions; reported where the query sees them (and is not the query itself).
+        key_valid: ``(N, length)`` keys that are not masked out (padding); None: all.
+        causal: whether a causal mask applies.
+        single_head: the authors' normalisation of lam over every context position.
+        length: number of key positions (default ``L``).
+        see_self: which query rows of ``allowed`` (used when blocks are re-run as one head) also see their own
+            position, so that no row is all masked (a NaN): ``"if_empty"`` only rows that see no key at all
+            (open_clip, whose masks give padding rows nothing else), ``"always"`` every row (HuggingFace towers,
+            whose padding rows also see themselves).
+
+    Returns:
+        TokenLayout: ``positions`` set when ``length`` exceeds ``L`` (the appended positions are not returned).
+
+    Examples::
+
+        >>> ids = torch.tensor([[49406, 320, 1929, 49407, 0]])        # start, two words, end, padding
+        >>> words = words_from(ids > 0, first_word=1)
+        >>> text_layout(ids, ids.argmax(-1), words, None, causal=True, single_head=False).report_mask.int().tolist()
+        [[0, 1, 1, 0, 0]]
     """
-    n, length = tokens.shape
-    pos = torch.arange(length, device=tokens.device)
-    attends = valid.clone()
-    if causal:
-        attends &= pos[None, :] <= query[:, None]
-    report = valid & (pos[None, :] >= first_word) & (pos[None, :] != query[:, None])
-    if causal:
-        report &= pos[None, :] < query[:, None]
+    if see_self not in SEE_SELF:
+        raise ValueError(f"see_self must be one of {SEE_SELF}, got {see_self!r}")
+    n, l_in = tokens.shape
+    length = l_in if length is None else length
+    device = tokens.device
+    pos = torch.arange(length, device=device)
+    valid = torch.ones(n, length, dtype=torch.bool, device=device) if key_valid is None else key_valid
     allowed = valid[:, None, :].expand(n, length, length)
     if causal:
         allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
-    # a query row with nothing allowed (padding rows under a key mask) would give NaN; let it see itself
-    allowed = allowed | torch.eye(length, dtype=torch.bool, device=tokens.device)[None]
-    lam_mask = torch.ones_like(valid) if single_head else attends
-    return TokenLayout(query=query, lam_mask=lam_mask, report_mask=report, allowed=allowed)
-
-
-def cls_image_layout(n: int, grid: Tuple[int, int], device: torch.device, num_prefix: int = 1) -> TokenLayout:
-    """Image layout for ViTs with a class token at position 0 followed by the patch grid."""
-    length = num_prefix + grid[0] * grid[1]
+    attends = allowed[torch.arange(n, device=device), query]
+    eye = torch.eye(length, dtype=torch.bool, device=device)[None]
+    allowed = allowed | (eye if see_self == "always" else eye & ~allowed.any(-1, keepdim=True))
     report = torch.zeros(n, length, dtype=torch.bool, device=device)
-    report[:, num_prefix:] = True
-    query = torch.zeros(n, dtype=torch.long, device=device)
-    return TokenLayout(query=query, lam_mask=report, report_mask=report, allowed=None, grid=grid)
+    report[:, :l_in] = words
+    report &= attends & (pos[None, :] != query[:, None])
+    lam_mask = torch.ones_like(attends) if single_head else attends
+    positions = None if length == l_in else torch.arange(l_in, device=device)
+    return TokenLayout(query=query, lam_mask=lam_mask, report_mask=report, allowed=allowed, positions=positions)
+
+
+def words_from(valid: Tensor, first_word: int) -> Tensor:
+    """``(N, L)`` word positions of ids with a padding mask ``valid``: not padding, from ``first_word`` on (1 after
+    a start token)."""
+    pos = torch.arange(valid.shape[1], device=valid.device)
+    return valid & (pos[None, :] >= first_word)
+
+
+class ExplainsOneModuleMixin:
+    """For towers in which one module only can be explained: an attention pooler (the only pooling query: CoCa,
+    SigLIP and Perception Encoder MAP heads) or a global average pool (towers without a pooling attention).
+
+    Layers of the tower outside :meth:`explained_module` are refused with :meth:`refusal`; layers outside the tower
+    get the usual ValueError of :meth:`Tower.resolve`.
+    """
+
+    root: nn.Module
+
+    def explained_module(self) -> Optional[nn.Module]:
+        """The one module whose attention is explained (None: no restriction)."""
+        raise NotImplementedError
+
+    def refusal(self, layer: nn.Module) -> str:
+        """The message of the UnsupportedModelError for a ``layer`` of the tower outside :meth:`explained_module`."""
+        raise NotImplementedError
+
+    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:  # type: ignore[override]
+        only = self.explained_module()
+        if only is not None:
+            allowed = {id(m) for m in only.modules()}
+            inside = {id(m) for m in self.root.modules()}
+            for layer in layers:
+                if isinstance(layer, nn.Module) and id(layer) in inside and id(layer) not in allowed:
+                    raise UnsupportedModelError(self.refusal(layer))
+        return super().resolve(layers)  # type: ignore[misc]
+
+
+class PoolerOnlyMixin(ExplainsOneModuleMixin):
+    """For towers pooled by an attention pooler (``self.pooler``): only the pooler has a pooling query, so only it
+    is explained."""
+
+    pooler: Optional[nn.Module] = None
+    family: str = ""
+
+    def attention_pooler(self) -> Optional[nn.Module]:
+        return self.pooler
+
+    def explained_module(self) -> Optional[nn.Module]:
+        return self.pooler
+
+    def refusal(self, layer: nn.Module) -> str:
+        return (f"{self.family} pools its image tokens with an attention pooler ({type(self.pooler).__name__}); "
+                "Grad-ECLIP explains that pooler (its query attends to the patches), not the transformer blocks "
+                f"before it: pass layer=None or the pooler, got {type(layer).__name__}")

@@ -4,7 +4,8 @@ transformer pooled at its EOS token.
 Covers ``CLIPModel``, ``CLIPVisionModelWithProjection``, ``CLIPTextModelWithProjection``, ``MetaClip2Model`` (and
 its ``*WithProjection`` towers), the image towers of ``AltCLIPModel`` and ``ChineseCLIPModel`` (same ViT), and
 BLIP's image tower (:class:`HFBlipVisionTower`). SigLIP lives in :mod:`.hf_siglip`, the BERT-like text towers
-(CLS pooling) in :mod:`.hf_bert`; :func:`hf_image_tower` / :func:`hf_text_tower` dispatch on the class.
+(CLS pooling) in :mod:`.hf_bert`, the helpers they share in :mod:`.hf_common`; which class gets which tower is
+the registry's (:mod:`.registry`).
 
 Works with transformers 4.4x (``get_*_features`` return tensors, towers wrapped in ``*Transformer`` modules) and
 5.x (output objects, flattened towers), and with every ``attn_implementation``: Grad-ECLIP reads the q/k/v
@@ -15,104 +16,14 @@ transformers) raise a clear error for such images instead of silently mis-encodi
 
 from __future__ import annotations
 
-import inspect
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 
-from ..errors import UnsupportedModelError
-from .base import RowTail, Tower, TokenLayout, causal_layout, check_images, check_tokens, cls_image_layout, \
-    tail_blocks
-
-
-# -- helpers shared by the HF towers ------------------------------------------------------------------------
-def features(out: Any) -> Tensor:
-    """The embedding tensor of a ``get_*_features`` result (a tensor in 4.x, an output object in 5.x)."""
-    if isinstance(out, Tensor):
-        return out
-    for name in ("pooler_output", "image_embeds", "text_embeds"):
-        value = getattr(out, name, None)
-        if isinstance(value, Tensor):
-            return value
-    return out[0]
-
-
-def output_field(out: Any, name: str, index: int) -> Tensor:
-    """``out.name`` of a ModelOutput, or ``out[index]`` of a tuple (``return_dict=False`` / old versions)."""
-    value = getattr(out, name, None)
-    if isinstance(value, Tensor):
-        return value
-    if isinstance(out, (tuple, list)) or hasattr(out, "to_tuple"):
-        value = out[index]
-        if isinstance(value, Tensor):
-            return value
-    raise TypeError(f"cannot read {name!r} from a {type(out).__name__}")
-
-
-def inner(module: nn.Module, *names: str) -> nn.Module:
-    """The module that holds ``encoder``: 5.x towers hold it themselves, 4.x wrappers hold a ``*Transformer``
-    under ``vision_model`` / ``text_model`` (e.g. ``CLIPVisionModel.vision_model``)."""
-    seen = 0
-    while not hasattr(module, "encoder") and seen < 3:
-        nxt = next((getattr(module, n) for n in names if isinstance(getattr(module, n, None), nn.Module)), None)
-        if nxt is None:
-            break
-        module, seen = nxt, seen + 1
-    return module
-
-
-def encoder_layers(encoder: nn.Module) -> List[nn.Module]:
-    """Blocks of an HF encoder (``layers`` in CLIP-like encoders, ``layer`` in BERT-like ones)."""
-    layers = getattr(encoder, "layers", None)
-    if layers is None:
-        layers = getattr(encoder, "layer", None)
-    if layers is None:
-        raise UnsupportedModelError(f"cannot find the blocks of {type(encoder).__name__} (no layers/layer)")
-    return list(layers)
-
-
-def accepts(fn: Callable, name: str) -> bool:
-    """Whether ``fn`` takes a keyword ``name`` (follows ``functools.wraps`` of HF's decorators)."""
-    try:
-        return name in inspect.signature(fn).parameters
-    except (TypeError, ValueError):  # pragma: no cover - builtins without signature
-        return False
-
-
-def sub_config(model: nn.Module, module: nn.Module, name: str) -> Any:
-    """The config of a sub-tower: its own ``config``, else ``model.config.<name>``, else ``model.config``."""
-    cfg = getattr(module, "config", None)
-    if cfg is not None and hasattr(cfg, "hidden_size"):
-        return cfg
-    top = model.config
-    return getattr(top, name, None) or top
-
-
-def pair(x: Any) -> Tuple[int, int]:
-    return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
-
-
-def check_text_mask(inputs: Tensor, extra: Tuple[Any, ...]) -> Optional[Tensor]:
-    """The optional attention mask (first extra argument), checked against ``input_ids``."""
-    mask = extra[0] if extra else None
-    if mask is not None and (not isinstance(mask, Tensor) or mask.shape != inputs.shape):
-        raise ValueError(f"attention_mask must be a tensor of the same shape as input_ids "
-                         f"{tuple(inputs.shape)}, got {getattr(mask, 'shape', type(mask).__name__)}")
-    return mask
-
-
-def special_token_ids(cfg: Any, names: Tuple[str, ...] = ("pad_token_id", "bos_token_id", "eos_token_id",
-                                                           "sep_token_id", "cls_token_id")) -> frozenset:
-    """Special token ids named in a text config (only those inside the vocabulary)."""
-    vocab = getattr(cfg, "vocab_size", None)
-    ids = set()
-    for n in names:
-        value = getattr(cfg, n, None)
-        for v in (value if isinstance(value, (list, tuple)) else [value]):
-            if isinstance(v, int) and v >= 0 and (vocab is None or v < vocab):
-                ids.add(v)
-    return frozenset(ids)
+from .base import RowTail, Tower, TokenLayout, check_images, check_tokens, grid_layout, pair, tail_blocks, \
+    text_layout, words_from
+from .hf_common import accepts, check_text_mask, encoder_layers, inner, output_field, sub_config
 
 
 # -- image: ViT pooled at the class token -------------------------------------------------------------------
@@ -175,7 +86,7 @@ class HFCLIPVisionTower(Tower):
 
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         grid = (inputs.shape[-2] // self.patch[0], inputs.shape[-1] // self.patch[1])
-        return cls_image_layout(inputs.shape[0], grid, inputs.device)
+        return grid_layout(inputs.shape[0], grid, inputs.device)
 
     def pooled_tail(self, attention: nn.Module) -> Optional[Callable[[Tensor, Tensor], Tensor]]:
         last = self.blocks()[-1]
@@ -246,7 +157,8 @@ class HFCLIPTextTower(Tower):
     def layout(self, inputs: Any, *extra: Any, single_head: bool = False) -> TokenLayout:
         mask = extra[0] if extra else None
         valid = torch.ones_like(inputs, dtype=torch.bool) if mask is None else mask.bool()
-        return causal_layout(inputs, self.query(inputs), valid, True, single_head)
+        return text_layout(inputs, self.query(inputs), words_from(valid, 1), valid, True, single_head,
+                           see_self="always")
 
     def row_tail(self, attentions: Sequence[nn.Module], single_head: bool = False) -> Optional[RowTail]:
         norm = getattr(self.text, "final_layer_norm", None)
@@ -299,127 +211,3 @@ def split_text_inputs(texts: Any) -> Tuple[Tensor, Optional[Tensor]]:
         return texts["input_ids"], texts.get("attention_mask") if hasattr(texts, "get") else None
     raise TypeError("HuggingFace texts must be a dict/BatchEncoding with 'input_ids' (and 'attention_mask'), "
                     f"or a tensor of input ids; got {type(texts).__name__}")
-
-
-# -- dispatch -----------------------------------------------------------------------------------------------
-def _clip_image(model: nn.Module) -> Tower:
-    return HFCLIPVisionTower(model)
-
-
-def _blip_image(model: nn.Module) -> Tower:
-    return HFBlipVisionTower(model)
-
-
-def _siglip_image(model: nn.Module) -> Tower:
-    from .hf_siglip import HFSiglipVisionTower
-    return HFSiglipVisionTower(model)
-
-
-def _siglip2_image(model: nn.Module) -> Tower:
-    from .hf_siglip import HFSiglip2VisionTower
-    return HFSiglip2VisionTower(model)
-
-
-def _clip_text(model: nn.Module) -> Tower:
-    return HFCLIPTextTower(model)
-
-
-def _metaclip2_text(model: nn.Module) -> Tower:
-    return HFMetaClip2TextTower(model)
-
-
-def _siglip_text(model: nn.Module) -> Tower:
-    from .hf_siglip import HFSiglipTextTower
-    return HFSiglipTextTower(model)
-
-
-def _chinese_clip_text(model: nn.Module) -> Tower:
-    from .hf_bert import HFChineseCLIPTextTower
-    return HFChineseCLIPTextTower(model)
-
-
-def _altclip_text(model: nn.Module) -> Tower:
-    from .hf_bert import HFAltCLIPTextTower
-    return HFAltCLIPTextTower(model)
-
-
-def _blip_text(model: nn.Module) -> Tower:
-    from .hf_bert import HFBlipTextTower
-    return HFBlipTextTower(model)
-
-
-#: transformers class name -> image tower factory
-HF_IMAGE_TOWERS: Dict[str, Callable[[nn.Module], Tower]] = {
-    "CLIPModel": _clip_image,
-    "CLIPVisionModelWithProjection": _clip_image,
-    "MetaClip2Model": _clip_image,
-    "MetaClip2VisionModelWithProjection": _clip_image,
-    "AltCLIPModel": _clip_image,
-    "ChineseCLIPModel": _clip_image,
-    "BlipForImageTextRetrieval": _blip_image,
-    "SiglipModel": _siglip_image,
-    "SiglipVisionModel": _siglip_image,
-    "Siglip2Model": _siglip2_image,
-    "Siglip2VisionModel": _siglip2_image,
-}
-
-#: transformers class name -> text tower factory
-HF_TEXT_TOWERS: Dict[str, Callable[[nn.Module], Tower]] = {
-    "CLIPModel": _clip_text,
-    "CLIPTextModelWithProjection": _clip_text,
-    "MetaClip2Model": _metaclip2_text,
-    "MetaClip2TextModelWithProjection": _metaclip2_text,
-    "SiglipModel": _siglip_text,
-    "SiglipTextModel": _siglip_text,
-    "Siglip2Model": _siglip_text,
-    "Siglip2TextModel": _siglip_text,
-    "AltCLIPModel": _altclip_text,
-    "ChineseCLIPModel": _chinese_clip_text,
-    "BlipForImageTextRetrieval": _blip_text,
-}
-
-#: classes with one tower only, and what to pass for the other side
-_SINGLE_TOWER_HINTS = {
-    "image": ("precomputed text embeddings (T, E) as `texts` of ImageTextSimilarity, e.g. "
-              "CLIPTextModelWithProjection(...)(**tokens).text_embeds"),
-    "text": ("precomputed image embeddings (I, E) as `images` of TextImageSimilarity, e.g. "
-             "CLIPVisionModelWithProjection(...)(pixel_values).image_embeds"),
-}
-
-#: classes whose towers output hidden states, not joint-space embeddings
-_NO_PROJECTION = {"CLIPVisionModel": "CLIPVisionModelWithProjection", "CLIPTextModel": "CLIPTextModelWithProjection",
-                  "MetaClip2VisionModel": "MetaClip2VisionModelWithProjection",
-                  "MetaClip2TextModel": "MetaClip2TextModelWithProjection"}
-
-
-def _hf_class(model: nn.Module, table: Dict[str, Any]) -> Optional[str]:
-    """The first class of ``type(model)``'s MRO that ``table`` knows (user subclasses keep working)."""
-    for cls in type(model).__mro__:
-        if cls.__module__.startswith("transformers") and cls.__name__ in table:
-            return cls.__name__
-    return None
-
-
-def hf_tower(model: nn.Module, side: str) -> Optional[Tower]:
-    """The HF tower of ``model`` for ``side`` ("image" or "text"), None when the class is unknown.
-
-    Raises:
-        UnsupportedModelError: for known classes without that side (with a hint on what to pass instead).
-    """
-    table, other = (HF_IMAGE_TOWERS, HF_TEXT_TOWERS) if side == "image" else (HF_TEXT_TOWERS, HF_IMAGE_TOWERS)
-    name = _hf_class(model, table)
-    if name is not None:
-        return table[name](model)
-    name = _hf_class(model, _NO_PROJECTION)
-    if name is not None:
-        raise UnsupportedModelError(
-            f"transformers.{name} outputs hidden states, not CLIP embeddings (it has no projection); load "
-            f"transformers.{_NO_PROJECTION[name]} (or the two-tower model) instead")
-    name = _hf_class(model, other)
-    if name is not None:
-        missing = "text" if side == "text" else "image"
-        present = "image" if missing == "text" else "text"
-        raise UnsupportedModelError(
-            f"transformers.{name} has a {present} tower only, no {missing} tower: pass "
-            f"{_SINGLE_TOWER_HINTS[present]}")
-    return None

@@ -18,9 +18,9 @@ import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .base import Tower, TokenLayout, causal_layout, check_tokens
-from .hf import check_text_mask, encoder_layers, features, output_field, sub_config
-from .hf_attention import is_bert_self_attention
+from .base import Tower, TokenLayout, check_tokens, text_layout, words_from
+from .hf_attention import BertSelfAttentionAdapter
+from .hf_common import check_text_mask, encoder_layers, features, output_field, sub_config
 
 
 class HFBertCLSTextTower(Tower):
@@ -42,7 +42,7 @@ class HFBertCLSTextTower(Tower):
 
     def attention_of(self, block: nn.Module) -> nn.Module:
         attn = getattr(getattr(block, "attention", None), "self", None)
-        if isinstance(attn, nn.Module) and is_bert_self_attention(attn):
+        if isinstance(attn, nn.Module) and BertSelfAttentionAdapter.matches(attn):
             return attn
         raise UnsupportedModelError(
             f"cannot find the self-attention of {type(block).__name__} (expected block.attention.self)")
@@ -58,7 +58,7 @@ class HFBertCLSTextTower(Tower):
         n, length = inputs.shape
         valid = torch.ones_like(inputs, dtype=torch.bool) if mask is None else mask.bool()
         query = torch.zeros(n, dtype=torch.long, device=inputs.device)
-        layout = causal_layout(inputs, query, valid, False, single_head, first_word=1)
+        layout = text_layout(inputs, query, words_from(valid, 1), valid, False, single_head, see_self="always")
         content = valid.clone()
         if self.pad_id is not None:
             content &= inputs != self.pad_id

@@ -18,17 +18,18 @@ set it to ``set(tokenizer.all_special_ids)`` when the config's ids are not the t
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any, Callable, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .base import Tower, TokenLayout, causal_layout, check_images, check_tokens
-from .hf import accepts, check_text_mask, encoder_layers, inner, output_field, pair, special_token_ids, sub_config
+from .base import ExplainsOneModuleMixin, Tower, TokenLayout, check_images, check_tokens, pair, text_layout, \
+    words_from
+from .hf_common import accepts, check_text_mask, encoder_layers, inner, output_field, special_token_ids, sub_config
 
 
-class HFSiglipVisionTower(Tower):
+class HFSiglipVisionTower(ExplainsOneModuleMixin, Tower):
     """SigLIP's vision transformer pooled by its attention-pooling ``head`` (no projection: the head's output
     is the embedding)."""
 
@@ -70,15 +71,13 @@ class HFSiglipVisionTower(Tower):
         """The attention-pooling head on normalised tokens (SigLIP 2 also passes its patch mask)."""
         return self.head(tokens)
 
-    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:
-        out = super().resolve(layers)
-        for m in out:
-            if m is not self.head.attention:
-                raise UnsupportedModelError(
-                    f"{type(self.model).__name__}'s image tower has no class token: its encoder blocks have no pooling "
-                    "query, only the attention-pooling head has one (the probe). Explain the head "
-                    "(layer=None, or vision_model.head)")
-        return out
+    def explained_module(self) -> Optional[nn.Module]:
+        return self.head
+
+    def refusal(self, layer: nn.Module) -> str:
+        return (f"{type(self.model).__name__}'s image tower has no class token: its encoder blocks have no pooling "
+                "query, only the attention-pooling head has one (the probe). Explain the head (layer=None, or "
+                "vision_model.head)")
 
     # -- inputs -------------------------------------------------------------------------------------------
     def validate(self, inputs: Any, *extra: Any) -> None:
@@ -235,7 +234,7 @@ class HFSiglipTextTower(Tower):
         n, length = inputs.shape
         valid = torch.ones_like(inputs, dtype=torch.bool) if mask is None else mask.bool()
         query = torch.full((n,), length - 1, dtype=torch.long, device=inputs.device)
-        layout = causal_layout(inputs, query, valid, False, single_head, first_word=0)
+        layout = text_layout(inputs, query, words_from(valid, 0), valid, False, single_head, see_self="always")
         if self.special_ids:
             special = torch.tensor(sorted(self.special_ids), dtype=inputs.dtype, device=inputs.device)
             layout.report_mask &= ~torch.isin(inputs, special)

@@ -17,61 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .attention import QKV, AttentionAdapter, _heads, register_attention_adapter
-from .base import RowTail, Tower, TokenLayout, check_images, check_tokens, interpolate_positions, tail_blocks
-
-
-def _pair(x: Any) -> Tuple[int, int]:
-    return (int(x[0]), int(x[1])) if isinstance(x, (tuple, list)) else (int(x), int(x))
-
-
-# ----------------------------------------------------------------------------------------------------------
-# layouts shared by the image towers of this package
-# ----------------------------------------------------------------------------------------------------------
-def grid_layout(n: int, grid: Tuple[int, int], device: torch.device, *, prefix: int = 1, query: int = 0,
-                pooled_queries: Optional[Tensor] = None) -> TokenLayout:
-    """Image layout: keys are ``prefix`` special tokens followed by the ``h x w`` patch grid (row-major).
-
-    Args:
-        n: batch size.
-        grid: ``(h, w)`` patch grid.
-        prefix: number of keys before the grid (class and register tokens, the mean token of a ResNet pool).
-        query: position of the pooling query on the module's query axis.
-        pooled_queries: ``(Lq,)`` boolean mask of the queries that are averaged into the embedding (average
-            pooling); replaces ``query``.
-    """
-    length = prefix + grid[0] * grid[1]
-    patches = torch.zeros(n, length, dtype=torch.bool, device=device)
-    patches[:, prefix:] = True
-    q = torch.full((n,), query, dtype=torch.long, device=device)
-    query_mask = None
-    if pooled_queries is not None:
-        query_mask = pooled_queries.to(device)[None, :].expand(n, -1).clone()
-    return TokenLayout(query=q, lam_mask=patches, report_mask=patches, allowed=None, grid=grid,
-                       query_mask=query_mask)
-
-
-class PoolerOnlyMixin:
-    """For towers pooled by an attention pooler: only the pooler has a pooling query, so only it is explained."""
-
-    pooler: Optional[nn.Module] = None
-    family: str = ""
-
-    def attention_pooler(self) -> Optional[nn.Module]:
-        return self.pooler
-
-    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:  # type: ignore[override]
-        pooler = self.pooler
-        if pooler is not None:
-            allowed = {id(m) for m in pooler.modules()}
-            for layer in layers:
-                if isinstance(layer, nn.Module) and id(layer) not in allowed:
-                    raise UnsupportedModelError(
-                        f"{self.family} pools its image tokens with an attention pooler "
-                        f"({type(pooler).__name__}); Grad-ECLIP explains that pooler (its query attends to the "
-                        f"patches), not the transformer blocks before it: pass layer=None or the pooler, got "
-                        f"{type(layer).__name__}")
-        return super().resolve(layers)  # type: ignore[misc]
+from .attention import QKV, AttentionAdapter, split_heads
+from .base import PoolerOnlyMixin, RowTail, Tower, TokenLayout, check_images, check_tokens, grid_layout, \
+    interpolate_positions, pair, tail_blocks, text_layout
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -94,13 +42,13 @@ class OpenClipVisionTower(PoolerOnlyMixin, Tower):
 
     side = "image"
 
-    def __init__(self, model: nn.Module, visual: nn.Module) -> None:
-        super().__init__(model, visual)
-        v = visual
+    def __init__(self, model: nn.Module, visual: Optional[nn.Module] = None) -> None:
+        v = model.visual if visual is None else visual
+        super().__init__(model, v)
         self.visual = v
         self.family = f"open_clip {type(model).__name__} ({type(v).__name__})"
-        self.patch = _pair(v.conv1.kernel_size)
-        self.grid = _pair(v.grid_size)
+        self.patch = pair(v.conv1.kernel_size)
+        self.grid = pair(v.grid_size)
         self.pooler = None
         self.pooled_queries: Optional[Tensor] = None  # queries of the pooler that are averaged
         self.avg = False  # average of the patch tokens (no pooler)
@@ -246,6 +194,10 @@ class AttentionPool2dAdapter(AttentionAdapter):
         super().__init__(module)
         self.num_heads = module.pool.num_heads
 
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return isinstance(module, AttentionPool2dView)
+
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
         view: AttentionPool2dView = self.module  # type: ignore[assignment]
         p = view.pool
@@ -253,7 +205,7 @@ class AttentionPool2dAdapter(AttentionAdapter):
         q = p.q_proj(t[:, :1])
         k, v = p.k_proj(t), p.v_proj(t)
         h = self.num_heads
-        return _heads(q, h), _heads(k, h), _heads(v, h)
+        return split_heads(q, h), split_heads(k, h), split_heads(v, h)
 
     def project(self, o: Tensor) -> Tensor:
         return self.module.pool.c_proj(o)
@@ -263,10 +215,6 @@ class AttentionPool2dAdapter(AttentionAdapter):
 
     def replace_output(self, output: Any, y: Tensor) -> Any:
         return y[:, 0, :]
-
-
-register_attention_adapter(lambda m: isinstance(m, AttentionPool2dView), AttentionPool2dAdapter,
-                           "open_clip ModifiedResNet AttentionPool2d")
 
 
 def _resnet_grid(size: int) -> int:
@@ -287,7 +235,8 @@ class OpenClipResNetTower(Tower):
 
     side = "image"
 
-    def __init__(self, model: nn.Module, visual: nn.Module) -> None:
+    def __init__(self, model: nn.Module, visual: Optional[nn.Module] = None) -> None:
+        visual = model.visual if visual is None else visual
         super().__init__(model, visual)
         self.visual = visual
         pool = getattr(visual, "attnpool", None)
@@ -365,38 +314,6 @@ def text_query(tokens: Tensor, pool_type: str, eos_id: Optional[int]) -> Tensor:
     if pool_type == "last":
         return torch.full((n,), length - 1, dtype=torch.long, device=tokens.device)
     return torch.zeros(n, dtype=torch.long, device=tokens.device)
-
-
-def text_layout(tokens: Tensor, query: Tensor, words: Tensor, key_valid: Optional[Tensor], causal: bool,
-                single_head: bool, length: Optional[int] = None) -> TokenLayout:
-    """Layout of a text tower whose keys are ``length`` positions (the tokens, then any appended token).
-
-    Args:
-        tokens: ``(N, L)`` ids.
-        query: ``(N,)`` pooling position on the key axis.
-        words: ``(N, L)`` word positions (reported).
-        key_valid: ``(N, length)`` keys that are not masked out (None: all).
-        causal: whether a causal mask applies.
-        single_head: the authors' normalisation of lam over every context position.
-        length: number of key positions (default ``L``).
-    """
-    n, l_in = tokens.shape
-    length = l_in if length is None else length
-    device = tokens.device
-    pos = torch.arange(length, device=device)
-    valid = torch.ones(n, length, dtype=torch.bool, device=device) if key_valid is None else key_valid
-    allowed = valid[:, None, :].expand(n, length, length)
-    if causal:
-        allowed = allowed & (pos[None, :, None] >= pos[None, None, :])
-    attends = allowed[torch.arange(n, device=device), query]
-    # a query row with no key left (a padding row) would give NaN in a re-run; let such rows see themselves
-    allowed = allowed | (torch.eye(length, dtype=torch.bool, device=device)[None] & ~allowed.any(-1, keepdim=True))
-    report = torch.zeros(n, length, dtype=torch.bool, device=device)
-    report[:, :l_in] = words
-    report &= attends & (pos[None, :] != query[:, None])
-    lam_mask = torch.ones_like(attends) if single_head else attends
-    positions = None if length == l_in else torch.arange(l_in, device=device)
-    return TokenLayout(query=query, lam_mask=lam_mask, report_mask=report, allowed=allowed, positions=positions)
 
 
 class OpenClipTextTower(Tower):
@@ -508,9 +425,9 @@ class OpenClipTextTransformerTower(Tower):
     side = "text"
     default_depth = 8
 
-    def __init__(self, model: nn.Module, text: nn.Module) -> None:
+    def __init__(self, model: nn.Module) -> None:
+        text = self.text = model.text
         super().__init__(model, text)
-        self.text = text
         self.pool_type = text.pool_type
         if text.cls_emb is None and self.pool_type not in ("argmax", "eos", "last", "first"):
             raise UnsupportedModelError(

@@ -5,75 +5,19 @@ Pooling: ``mean_pooler`` (every non-padding token is a query; the per-query maps
 in the gradient), ``cls_pooler`` / ``cls_last_hidden_state_pooler`` (the first token is the query). The encoder's
 attention sees every non-padding token (bidirectional, padding masked), and so does lam. Words are the non-padding
 tokens other than the end token (the last non-padding one) and, when the architecture defines a start token, the
-first token.
+first token. The encoders' attention modules are read by :mod:`.hf_attention` (BERT-style, T5) and
+:class:`~.attention.QKVLinearAttentionAdapter` (M2M100 / NLLB).
 """
 
 from __future__ import annotations
 
-from typing import Any, Dict, List, Tuple
+from typing import Any, List
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .attention import QKV, AttentionAdapter, QKVLinearAttentionAdapter, _heads, register_attention_adapter
 from .base import Tower, TokenLayout, check_tokens
-
-
-class BertStyleAttentionAdapter(AttentionAdapter):
-    """BERT-style attention (``RobertaAttention``, ``XLMRobertaAttention``, ``BertAttention``): ``self`` holds the
-    ``query``/``key``/``value`` linears, ``output.dense`` is the output projection (followed, inside the module, by
-    dropout, the residual and a LayerNorm, so the attention output is read at ``output.dense``)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        super().__init__(module)
-        sa = module.self
-        self.num_heads = int(getattr(sa, "num_attention_heads", 0) or sa.config.num_attention_heads)
-        self.scale = getattr(sa, "scaling", None)
-
-    @property
-    def output_module(self) -> nn.Module:
-        return self.module.output.dense
-
-    def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
-        sa = self.module.self
-        x = args[0] if args else kwargs["hidden_states"]
-        h = self.num_heads
-        return _heads(sa.query(x), h), _heads(sa.key(x), h), _heads(sa.value(x), h)
-
-    def project(self, o: Tensor) -> Tensor:
-        dense = self.module.output.dense  # applied functionally: calling the hooked module would re-enter its hook
-        return F.linear(o, dense.weight.to(o.dtype), None if dense.bias is None else dense.bias.to(o.dtype))
-
-
-def _is_bert_style(module: nn.Module) -> bool:
-    sa, out = getattr(module, "self", None), getattr(module, "output", None)
-    return isinstance(sa, nn.Module) and all(isinstance(getattr(sa, n, None), nn.Linear)
-                                             for n in ("query", "key", "value")) \
-        and isinstance(getattr(out, "dense", None), nn.Linear)
-
-
-class T5AttentionAdapter(QKVLinearAttentionAdapter):
-    """T5 / mT5 attention (``q``/``k``/``v``/``o`` linears, no logit scaling). The relative position bias is added
-    to the logits only; lam uses q and k without it."""
-
-    q_name, k_name, v_name, o_name = "q", "k", "v", "o"
-
-    def __init__(self, module: nn.Module) -> None:
-        AttentionAdapter.__init__(self, module)
-        self.num_heads = int(module.n_heads)
-        self.scale = 1.0
-
-
-def _is_t5_attention(module: nn.Module) -> bool:
-    return hasattr(module, "n_heads") and hasattr(module, "relative_attention_num_buckets") and all(
-        isinstance(getattr(module, n, None), nn.Linear) for n in ("q", "k", "v", "o"))
-
-
-register_attention_adapter(_is_bert_style, BertStyleAttentionAdapter,
-                           "BERT-style attention (self.query/key/value, output.dense)")
-register_attention_adapter(_is_t5_attention, T5AttentionAdapter, "T5 attention (q/k/v/o)")
 
 
 class OpenClipHFTextTower(Tower):
@@ -82,10 +26,10 @@ class OpenClipHFTextTower(Tower):
     side = "text"
     default_depth = 8
 
-    def __init__(self, model: nn.Module, text: nn.Module) -> None:
-        super().__init__(model, text)
-        self.text = text
-        pooler = type(text.pooler).__name__
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__(model, model.text)
+        self.text = model.text
+        pooler = type(self.text.pooler).__name__
         if pooler == "MeanPooler":
             self.mean = True
         elif pooler in ("ClsPooler", "ClsLastHiddenStatePooler"):
@@ -94,8 +38,8 @@ class OpenClipHFTextTower(Tower):
             raise UnsupportedModelError(
                 f"open_clip HFTextEncoder with {pooler}: no attention query pools the text; supported poolers: "
                 "MeanPooler, ClsPooler, ClsLastHiddenStatePooler")
-        self.pad_id = text.config.pad_token_id
-        self.start = getattr(text.config, "bos_token_id", None) is not None
+        self.pad_id = self.text.config.pad_token_id
+        self.start = getattr(self.text.config, "bos_token_id", None) is not None
         self._blocks = self._find_blocks()
 
     def _find_blocks(self) -> List[nn.Module]:

@@ -13,16 +13,16 @@ bands, then the model's blocks, norm and head.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..errors import UnsupportedModelError
-from .attention import QKV, AttentionAdapter, _heads, attention_adapter, register_attention_adapter
-from .base import Tower, TokenLayout, check_images
-from .open_clip import PoolerOnlyMixin, _pair, grid_layout
+from .attention import QKV, AttentionAdapter, split_heads
+from .base import ExplainsOneModuleMixin, PoolerOnlyMixin, Tower, TokenLayout, check_images, grid_layout, pair
+from .registry import attention_adapter
 
 
 def _from_timm(module: nn.Module) -> bool:
@@ -49,9 +49,18 @@ class TimmAttentionAdapter(AttentionAdapter):
             raise UnsupportedModelError(
                 f"timm {type(module).__name__} with a gated output (gated=True): the gate depends on each token, "
                 "so the attention output cannot be projected on its own; not supported")
-        self.num_heads = int(module.num_heads)
-        self.scale = getattr(module, "scale", None)
+        self.read_heads()
         self.linear_projection = isinstance(getattr(module, "norm", nn.Identity()), nn.Identity)
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        if not _from_timm(module) or not isinstance(getattr(module, "proj", None), nn.Linear):
+            return False
+        if not hasattr(module, "num_heads") or not hasattr(module, "q_norm"):
+            return False
+        fused = isinstance(getattr(module, "qkv", None), nn.Linear)
+        split = all(isinstance(getattr(module, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj"))
+        return fused or split
 
     def qkv(self, args: Tuple[Any, ...], kwargs: Dict[str, Any]) -> QKV:
         m = self.module
@@ -66,7 +75,7 @@ class TimmAttentionAdapter(AttentionAdapter):
             q, k, v = qkv.chunk(3, dim=-1)
         else:
             q, k, v = m.q_proj(x), m.k_proj(x), m.v_proj(x)
-        q, k, v = _heads(q, h), _heads(k, kv_heads), _heads(v, kv_heads)
+        q, k, v = split_heads(q, h), split_heads(k, kv_heads), split_heads(v, kv_heads)
         q, k = m.q_norm(q), m.k_norm(k)
         rope = kwargs.get("rope", args[1] if len(args) > 1 and isinstance(args[1], Tensor) else None)
         if rope is not None and hasattr(m, "num_prefix_tokens"):
@@ -94,16 +103,6 @@ class TimmAttentionAdapter(AttentionAdapter):
         return m.proj(getattr(m, "norm", nn.Identity())(o))
 
 
-def _is_timm_attention(module: nn.Module) -> bool:
-    if not _from_timm(module) or not isinstance(getattr(module, "proj", None), nn.Linear):
-        return False
-    if not hasattr(module, "num_heads") or not hasattr(module, "q_norm"):
-        return False
-    fused = isinstance(getattr(module, "qkv", None), nn.Linear)
-    split = all(isinstance(getattr(module, n, None), nn.Linear) for n in ("q_proj", "k_proj", "v_proj"))
-    return fused or split
-
-
 class TimmAttentionPoolLatentAdapter(AttentionAdapter):
     """timm ``AttentionPoolLatent`` (the MAP head of SigLIP and Perception Encoder): learned latent queries
     attend to the tokens.
@@ -114,8 +113,11 @@ class TimmAttentionPoolLatentAdapter(AttentionAdapter):
 
     def __init__(self, module: nn.Module) -> None:
         super().__init__(module)
-        self.num_heads = int(module.num_heads)
-        self.scale = getattr(module, "scale", None)
+        self.read_heads()
+
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return _from_timm(module) and hasattr(module, "latent") and isinstance(getattr(module, "kv", None), nn.Linear)
 
     @property
     def output_module(self) -> nn.Module:
@@ -130,7 +132,7 @@ class TimmAttentionPoolLatentAdapter(AttentionAdapter):
         q = m.q(m.latent.expand(n, -1, -1))
         k, v = m.kv(x).chunk(2, dim=-1)
         h = self.num_heads
-        q, k, v = _heads(q, h), _heads(k, h), _heads(v, h)
+        q, k, v = split_heads(q, h), split_heads(k, h), split_heads(v, h)
         return m.q_norm(q), m.k_norm(k), v
 
     def project(self, o: Tensor) -> Tensor:
@@ -138,16 +140,6 @@ class TimmAttentionPoolLatentAdapter(AttentionAdapter):
         if isinstance(proj, nn.Linear):
             return F.linear(o, proj.weight.to(o.dtype), None if proj.bias is None else proj.bias.to(o.dtype))
         return o
-
-
-def _is_attention_pool_latent(module: nn.Module) -> bool:
-    return _from_timm(module) and hasattr(module, "latent") and isinstance(getattr(module, "kv", None), nn.Linear)
-
-
-register_attention_adapter(_is_attention_pool_latent, TimmAttentionPoolLatentAdapter,
-                           "timm AttentionPoolLatent (MAP head)")
-register_attention_adapter(_is_timm_attention, TimmAttentionAdapter,
-                           "timm Attention / EvaAttention / AttentionRope / RelPosAttention")
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -160,7 +152,7 @@ def _average_pool_format(module: nn.Module) -> Optional[str]:
         return None
     inner = getattr(module, "pool", None)
     if isinstance(inner, nn.AdaptiveAvgPool2d):
-        return "NCHW" if _pair(inner.output_size) == (1, 1) else None
+        return "NCHW" if pair(inner.output_size) == (1, 1) else None
     if type(inner).__name__ == "FastAdaptiveAvgPool":
         return {(2, 3): "NCHW", (1, 2): "NHWC"}.get(tuple(getattr(inner, "dim", ())))
     return None
@@ -183,6 +175,10 @@ class GlobalAveragePoolAdapter(AttentionAdapter):
         super().__init__(module)
         self.format = _average_pool_format(module)
 
+    @classmethod
+    def matches(cls, module: nn.Module) -> bool:
+        return _average_pool_format(module) is not None
+
     def tokens(self, x: Tensor) -> Tensor:
         """``(N, h*w, C)`` positions of a feature map, row-major."""
         if x.dim() != 4:
@@ -203,10 +199,6 @@ class GlobalAveragePoolAdapter(AttentionAdapter):
         return y.reshape(output.shape)
 
 
-register_attention_adapter(lambda m: _average_pool_format(m) is not None, GlobalAveragePoolAdapter,
-                           "timm global average pool (SelectAdaptivePool2d 'avg', towers without a pooling attention)")
-
-
 def _feature_pool(trunk: nn.Module) -> Optional[nn.Module]:
     """The global average pool that turns the trunk's last feature map into a vector (in its head, or the trunk's
     own ``global_pool`` module), or None."""
@@ -217,12 +209,13 @@ def _feature_pool(trunk: nn.Module) -> Optional[nn.Module]:
     return None
 
 
-def timm_image_tower(model: nn.Module, visual: nn.Module) -> Tower:
+def timm_image_tower(model: nn.Module, visual: Optional[nn.Module] = None) -> Tower:
     """The tower of an open_clip ``TimmModel``, or UnsupportedModelError naming the trunk.
 
     Vision transformers with a pooling token or attention pool get :class:`TimmVisionTower`; trunks that average
     their last spatial feature map (ConvNeXt, FastViT / MobileCLIP-S, Swin) get :class:`TimmFeatureMapTower`.
     """
+    visual = model.visual if visual is None else visual
     trunk = getattr(visual, "trunk", None)
     name = type(trunk).__name__
     head = getattr(visual, "head", None)
@@ -242,7 +235,7 @@ def timm_image_tower(model: nn.Module, visual: nn.Module) -> Tower:
         "VisionTransformerRelPos, ViTamin, and trunks ending in a global average pool (ConvNeXt, FastViT, Swin)")
 
 
-class TimmFeatureMapTower(Tower):
+class TimmFeatureMapTower(ExplainsOneModuleMixin, Tower):
     """An open_clip ``TimmModel`` whose trunk has no pooling attention and averages its last spatial feature map
     into the embedding (ConvNeXt, FastViT / MobileCLIP-S, Swin).
 
@@ -263,9 +256,9 @@ class TimmFeatureMapTower(Tower):
         self.visual, self.trunk = visual, trunk
         self.family = f"open_clip TimmModel (timm.{type(trunk).__name__})"
         self.pool = _feature_pool(trunk)
-        self.patch = _pair(trunk.feature_info[-1]["reduction"])
+        self.patch = pair(trunk.feature_info[-1]["reduction"])
         size = getattr(visual, "image_size", None)
-        self.native = _pair(size) if size is not None else None
+        self.native = pair(size) if size is not None else None
         pe = getattr(trunk, "patch_embed", None)
         self.resize_problem = None
         if getattr(pe, "strict_img_size", False) and not getattr(trunk, "dynamic_img_size", False):
@@ -277,16 +270,15 @@ class TimmFeatureMapTower(Tower):
     def attention_of(self, block: nn.Module) -> nn.Module:
         if block is self.pool:
             return block
-        raise UnsupportedModelError(
-            f"{self.family} has no pooling attention: Grad-ECLIP explains its last feature map through the global "
-            f"average pool ({type(self.pool).__name__}, lambda = 1), not {type(block).__name__}; pass layer=None. "
-            "For Grad-CAM on other layers use captum.attr.LayerGradCam on the same scorer")
+        raise UnsupportedModelError(self.refusal(block))
 
-    def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:
-        for layer in layers:
-            if isinstance(layer, nn.Module) and layer is not self.pool and any(layer is m for m in self.root.modules()):
-                self.attention_of(layer)  # raises: only the pool is explained
-        return super().resolve(layers)
+    def explained_module(self) -> Optional[nn.Module]:
+        return self.pool
+
+    def refusal(self, layer: nn.Module) -> str:
+        return (f"{self.family} has no pooling attention: Grad-ECLIP explains its last feature map through the "
+                f"global average pool ({type(self.pool).__name__}, lambda = 1), not {type(layer).__name__}; pass "
+                "layer=None. For Grad-CAM on other layers use captum.attr.LayerGradCam on the same scorer")
 
     def validate(self, inputs: Any, *extra: Any) -> None:
         check_images(inputs, self.patch)
@@ -353,7 +345,7 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
         for block in self.blocks():
             attention_adapter(self.attention_of(block))  # fail now on unknown attention modules
         self.patch = self._patch()
-        self.native = _pair(trunk.patch_embed.img_size) if trunk.patch_embed.img_size is not None else None
+        self.native = pair(trunk.patch_embed.img_size) if trunk.patch_embed.img_size is not None else None
         self.resize_problem = self._resize_problem()
 
     # -- layers -----------------------------------------------------------------------------------------
@@ -374,10 +366,10 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
         pe = self.trunk.patch_embed
         if hasattr(pe, "feat_ratio"):
             try:
-                return _pair(pe.feat_ratio(as_scalar=False))
+                return pair(pe.feat_ratio(as_scalar=False))
             except TypeError:  # older timm: feat_ratio() takes no argument; patch_size is the same thing there
-                return _pair(pe.patch_size)
-        return _pair(pe.patch_size)
+                return pair(pe.patch_size)
+        return pair(pe.patch_size)
 
     def _resize_problem(self) -> Optional[str]:
         """Why other input sizes cannot be encoded (None: they can)."""
@@ -426,7 +418,7 @@ class TimmVisionTower(PoolerOnlyMixin, Tower):
 
     def grid_of(self, images: Tensor) -> Tuple[int, int]:
         if self._is_native(images) and not getattr(self.trunk, "dynamic_img_size", False):
-            return _pair(self.trunk.patch_embed.grid_size)
+            return pair(self.trunk.patch_embed.grid_size)
         return images.shape[-2] // self.patch[0], images.shape[-1] // self.patch[1]
 
     # -- encoding ---------------------------------------------------------------------------------------
