@@ -94,6 +94,21 @@ def test_importing_the_package_and_viz_imports_no_matplotlib():
     assert found["lazy_names"] == [True, True]
 
 
+@pytest.mark.subprocess
+def test_import_captum_gradeclip_alone_imports_no_matplotlib_captum_or_torch():
+    """``import captum_gradeclip`` in a fresh interpreter loads none of matplotlib, Captum (whose ``captum.attr``
+    imports matplotlib) or torch: every public name is imported on first use; the names still resolve."""
+    probe = ("import sys, json, captum_gradeclip as p\n"
+             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'matplotlib', 'captum', 'torch'})\n"
+             "names = [n for n in p.__all__ if getattr(p, n, None) is None]\n"
+             "print(json.dumps([heavy, names, p.GradECLIP.__module__]))\n")
+    run = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                         env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert run.returncode == 0, run.stderr
+    heavy, unresolved, module = json.loads(run.stdout)
+    assert heavy == [] and unresolved == [] and module == "captum_gradeclip.grad_eclip"
+
+
 def test_no_package_module_imports_matplotlib_at_import_time():
     """matplotlib appears only inside functions (module-level imports would load it with the package)."""
     top_level = {}
