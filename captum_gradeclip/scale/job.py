@@ -313,10 +313,10 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
         decoding = dict(image_size=image_size, patch=patch, mode=size, max_pixels=max_pixels, max_bytes=max_bytes)
         gpu = gpus_per_worker > 0
-        readers = _decoding_tasks(readers, workers, gpu)
-        if readers:
+        decoders = _decoding_tasks(readers, workers, gpu)
+        if decoders:
             ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
-                                compute=ray.data.TaskPoolStrategy(size=min(readers, blocks)), fn_kwargs=decoding)
+                                compute=ray.data.TaskPoolStrategy(size=min(decoders, blocks)), fn_kwargs=decoding)
         ds = ds.map_batches(Explainer, batch_size=batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
                             num_gpus=gpus_per_worker if gpu else None,
@@ -324,7 +324,7 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
                                                        single_head=single_head, layer_rule=layer_rule,
                                                        word_maps=word_maps, device="cuda" if gpu else "cpu",
                                                        threads=cpus_per_worker,
-                                                       decode=None if readers else decoding))
+                                                       decode=None if decoders else decoding))
         by_index = {s.index: s for s in pending}
         received: Dict[int, Dict[int, Dict[str, Any]]] = {}
         start = time.perf_counter()
