@@ -286,7 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--workers", type=int, default=1, help="model workers (Ray actors; default 1)")
     ds.add_argument("--cpus-per-worker", type=int, default=1, help="CPUs and torch threads per worker (default 1)")
     ds.add_argument("--gpus-per-worker", type=float, default=0, help="GPUs per worker; above 0 runs on CUDA")
-    ds.add_argument("--readers", type=int, default=None, help="image decoding tasks at once (default 2 per worker)")
+    ds.add_argument("--readers", type=int, default=None,
+                    help="decoding tasks at once beside the workers (default: CPU workers decode their own batches, "
+                         "GPU workers get 2 tasks each)")
     ds.add_argument("--address", default=None, help="a Ray cluster address (default: a local Ray for this run)")
     ds.add_argument("--batch-size", type=int, default=8, help="images per worker call (default 8)")
     ds.add_argument("--images-per-file", type=int, default=256,

@@ -73,6 +73,33 @@ def test_maps_equal_in_process_attribute_all(first_run, folder):
 
 
 @pytest.mark.subprocess
+def test_workers_decoding_their_own_batches_write_the_same_rows(first_run, folder, tmp_path):
+    """Without ``readers`` CPU workers decode their own batches (no decoding tasks): the same rows and errors as
+    the first run, whose maps equal the in-process ones."""
+    out = tmp_path / "fused"
+    summary = explain_dataset(folder, out, texts=PROMPTS, model=ModelSpec(demo=True), word_maps=True, workers=2,
+                              batch_size=2, images_per_file=3, progress=False)
+    assert summary.images_explained == 10 and summary.errors == 1
+    assert (out / "errors.jsonl").read_text() == (first_run / "errors.jsonl").read_text()
+    fused, first = _pairs(out), _pairs(first_run)
+    assert fused.keys() == first.keys() and len(read_results(out)) == len(first)
+    for pair, row in fused.items():
+        assert row["score"] == pytest.approx(first[pair]["score"], abs=1e-6)
+        np.testing.assert_allclose(row["map"], first[pair]["map"], rtol=1e-5, atol=1e-7)
+        assert row["word_tokens"] == first[pair]["word_tokens"]
+        np.testing.assert_allclose(row["word_scores"], first[pair]["word_scores"], rtol=1e-5, atol=1e-7)
+
+
+def test_decoding_tasks_only_for_gpu_workers_or_when_asked():
+    from captum_gradeclip.scale.job import _decoding_tasks
+    assert _decoding_tasks(None, 2, gpu=False) == 0  # CPU workers decode their own batches
+    assert _decoding_tasks(None, 2, gpu=True) == 4  # 2 per GPU worker
+    assert _decoding_tasks(3, 2, gpu=False) == 3 and _decoding_tasks(1, 2, gpu=True) == 1
+
+
+
+
+@pytest.mark.subprocess
 def test_truncated_jpeg_is_recorded_and_the_rest_done(first_run):
     errors = [json.loads(line) for line in (first_run / "errors.jsonl").read_text().splitlines()]
     assert len(errors) == 1 and errors[0]["image"] == "sub/broken.jpg" and "truncated" in errors[0]["error"]

@@ -74,6 +74,19 @@ def test_actor_batch_explains_each_image_against_its_own_texts(captioned):
             np.testing.assert_allclose(r["word_scores"][t], ref_scores, rtol=1e-4, atol=1e-6)
 
 
+def test_actor_decoding_its_own_batches_gives_the_same_rows(captioned):
+    """CPU workers get the undecoded rows and decode them themselves: the same rows as decoding tasks give."""
+    root, items = captioned
+    decode = dict(image_size=64, patch=8, mode="native", max_pixels=10 ** 7, max_bytes=10 ** 7)
+    kwargs = dict(prompts=["a red circle"], layers=None, single_head=False, word_maps=True, device="cpu",
+                  threads=1)
+    raw = pa.Table.from_pylist([_row(0, i, it) for i, it in enumerate(items)])
+    itself = Explainer(DEMO, decode=decode, **kwargs)(raw).to_pylist()
+    given = Explainer(DEMO, **kwargs)(_decode(items)).to_pylist()
+    assert itself == given
+    assert "truncated" in itself[-1]["error"] and sum(1 for r in itself if not r["error"]) == 4
+
+
 def test_actor_without_any_text_records_the_image(captioned):
     root, items = captioned
     explainer = Explainer(DEMO, prompts=[], layers=None, single_head=False, word_maps=False, device="cpu",

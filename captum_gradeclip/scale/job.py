@@ -1,9 +1,10 @@
 """Explain a whole dataset on Ray Data: the driver of ``gradeclip explain-dataset``.
 
-The driver lists the source, reads the output folder's done-set, and streams the remaining images through
-two Ray Data stages: decoding in tasks (:func:`~captum_gradeclip.scale.workers.decode_batch`) and explaining in a
-pool of model actors (:class:`~captum_gradeclip.scale.workers.Explainer`). It gathers the results of each shard
-and writes the shard's Parquet file atomically as soon as the shard is complete (see
+The driver lists the source, reads the output folder's done-set, and streams the remaining images through a
+pool of model actors (:class:`~captum_gradeclip.scale.workers.Explainer`) that decode
+(:func:`~captum_gradeclip.scale.workers.decode_batch`) and explain their batches; with GPU workers (or
+``readers``) decoding is a Ray Data stage of its own, in tasks beside the actors. It gathers the results of each
+shard and writes the shard's Parquet file atomically as soon as the shard is complete (see
 :mod:`captum_gradeclip.scale.store`), so memory stays bounded by what is in flight and an interrupted job keeps
 every finished file.
 """
@@ -105,7 +106,9 @@ def explain_dataset(source: Any, out: Any, *, texts: Sequence[str] = (), model: 
         workers (int): model actors. Default: 1
         cpus_per_worker (int): CPUs reserved by each actor, and its torch threads. Default: 1
         gpus_per_worker (float): GPUs per actor; above 0 the actors run on CUDA. Default: 0
-        readers (int, optional): decoding tasks running at once (they reserve no CPU). Default: 2 per worker.
+        readers (int, optional): decode the images in separate Ray tasks, this many at once (they reserve no
+            CPU). Default: CPU workers decode their own batches (no decoding process competes with them for
+            their cores); GPU workers get 2 decoding tasks per worker, which overlap decoding with the GPU.
         batch_size (int): images per actor call. Default: 8
         images_per_file (int): images per output file, the unit of resuming. Default: 256
         address (str, optional): a Ray cluster address (``HOST:6379`` as ``ray start --head`` prints it, or
@@ -263,6 +266,19 @@ def _check_resources(workers: int, cpus_per_worker: int, gpus_per_worker: float,
         logging.getLogger(__name__).warning("%s; waiting for the cluster to provide them", message)
 
 
+def _decoding_tasks(readers: Optional[int], workers: int, gpu: bool) -> int:
+    """How many decoding tasks run beside the model workers; 0: each worker decodes its own batches.
+
+    On CPU workers decoding costs a few milliseconds per image against a model pass of a few hundred, and
+    separate decoding tasks (which reserve no CPU) would run on the cores the workers reserved: every one of
+    them is also a process that imports torch and this package once per run, seconds of CPU that the workers
+    lose. GPU workers leave their CPU idle while the GPU computes, so their images are decoded by tasks that
+    run meanwhile (2 per worker unless ``readers`` says otherwise)."""
+    if readers is not None:
+        return readers
+    return 2 * workers if gpu else 0
+
+
 def _rows(pending: Sequence[Shard]) -> List[Dict[str, Any]]:
     rows = []
     for shard in pending:
@@ -294,18 +310,20 @@ def _run(pending: Sequence[Shard], folder: OutputFolder, summary: DatasetSummary
         rows = _rows(pending)
         blocks = max(1, min(len(rows), math.ceil(len(rows) / batch_size), 4096))
         ds = ray.data.from_items(rows, override_num_blocks=blocks)
-        ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
-                            compute=ray.data.TaskPoolStrategy(size=min(readers or 2 * workers, blocks)),
-                            fn_kwargs=dict(image_size=image_size, patch=patch, mode=size, max_pixels=max_pixels,
-                                           max_bytes=max_bytes))
+        decoding = dict(image_size=image_size, patch=patch, mode=size, max_pixels=max_pixels, max_bytes=max_bytes)
         gpu = gpus_per_worker > 0
+        decoders = _decoding_tasks(readers, workers, gpu)
+        if decoders:
+            ds = ds.map_batches(decode_batch, batch_size=batch_size, batch_format="pyarrow", num_cpus=0,
+                                compute=ray.data.TaskPoolStrategy(size=min(decoders, blocks)), fn_kwargs=decoding)
         ds = ds.map_batches(Explainer, batch_size=batch_size, batch_format="pyarrow",
                             compute=ray.data.ActorPoolStrategy(size=workers), num_cpus=cpus_per_worker,
                             num_gpus=gpus_per_worker if gpu else None,
                             fn_constructor_kwargs=dict(model_args=asdict(model), prompts=prompts, layers=layers,
                                                        single_head=single_head, layer_rule=layer_rule,
-                                                       word_maps=word_maps,
-                                                       device="cuda" if gpu else "cpu", threads=cpus_per_worker))
+                                                       word_maps=word_maps, device="cuda" if gpu else "cpu",
+                                                       threads=cpus_per_worker,
+                                                       decode=None if decoders else decoding))
         by_index = {s.index: s for s in pending}
         received: Dict[int, Dict[int, Dict[str, Any]]] = {}
         start = time.perf_counter()

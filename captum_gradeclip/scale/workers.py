@@ -2,7 +2,9 @@
 
 Both take and return ``pyarrow.Table`` batches with one row per image, so that the rows of an image never
 split across batches. Decoded images travel as the bytes of ``prepare_image``'s float32 ``(3, H, W)`` array,
-explained ones as the bytes of a float32 ``(T, h, w)`` array of maps (one per text).
+explained ones as the bytes of a float32 ``(T, h, w)`` array of maps (one per text). A model actor given
+``decode`` arguments runs :func:`decode_batch` on its own batches instead (CPU workers: no decoding processes
+beside them, see :func:`captum_gradeclip.scale.explain_dataset`).
 """
 
 from __future__ import annotations
@@ -82,11 +84,14 @@ class Explainer:
         word_maps (bool): also compute every pair's word importances.
         device (str): ``cpu`` or ``cuda``.
         threads (int): torch threads of this worker (CPU).
+        decode (dict, optional): the keyword arguments of :func:`decode_batch`; when given, the batches are the
+            undecoded rows (``shard, index, key, path, captions, offset, size``) and the actor decodes them
+            itself, in its own process and thread. Default: None (the batches come decoded).
     """
 
     def __init__(self, model_args: Dict[str, Any], prompts: Sequence[str], layers: Optional[int],
                  single_head: bool, word_maps: bool, device: str, threads: int,
-                 layer_rule: Optional[str] = None) -> None:
+                 layer_rule: Optional[str] = None, decode: Optional[Dict[str, Any]] = None) -> None:
         import torch
 
         from ..loading import load_model
@@ -98,10 +103,13 @@ class Explainer:
         self.single_head = single_head
         self.layer_rule = layer_rule
         self.word_maps = word_maps
+        self.decode = dict(decode) if decode is not None else None
         self._tokenizable: Dict[str, str] = {}  # text -> "" (fine) or the tokenizer's complaint
 
     def __call__(self, batch: Any) -> Any:
         import pyarrow as pa
+        if self.decode is not None:
+            batch = decode_batch(batch, **self.decode)
         rows = batch.to_pylist()
         results: List[Dict[str, Any]] = [self._empty(row) for row in rows]
         groups: Dict[Tuple[int, ...], List[int]] = {}
