@@ -11,7 +11,8 @@ Examples:
     24
 """
 
-from .scene_descriptions import CAPTION_STYLES, NUMBER_WORDS, RELATIONS, SCENE_WORDS, describe_scene, relation, scene_captions
+from .scene_descriptions import (CAPTION_STYLES, NUMBER_WORDS, RELATIONS, SCENE_WORDS, describe_scene, relation,
+                                 scene_captions)
 from .shapes import (
     COLORS,
     DEFAULT_TEMPLATE,
