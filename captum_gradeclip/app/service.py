@@ -331,7 +331,8 @@ class ExplainService:
         return path
 
     def save_maps(self, result: ExplainResult) -> Path:
-        """The raw maps of a result as a new .npz file (see :func:`captum_gradeclip.explanations.save_maps`); its path."""
+        """The raw maps of a result as a new .npz file (see :func:`captum_gradeclip.explanations.save_maps`); its
+        path."""
         return save_maps(result.explanation, self._new_file("gradeclip_maps", ".npz"))
 
     def _new_file(self, stem: str, suffix: str) -> Path:
