@@ -39,6 +39,8 @@ SKIPPED_LINES = {
     "python -m pytest": "the test suite itself (this test is part of it); CI runs it in .ci/run",
     "mkdocs serve": "starts a web server that never exits; the site build is tested by test_docs.py",
     "gradeclip serve": "starts a web server that never exits; tests/test_serve_app.py runs the command",
+    "python -m captum_gradeclip.adapters.registry_docs --write":
+        "rewrites the repository's docs; tests/test_registry.py checks them against the registry",
 }
 
 #: Python blocks that are not run (a pattern in the block), with the reason.
