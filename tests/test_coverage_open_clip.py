@@ -21,7 +21,6 @@ from torch import Tensor, nn
 
 from captum_gradeclip import GradECLIP, ImageTextSimilarity, TextImageSimilarity, UnsupportedModelError
 from captum_gradeclip.adapters import text_tower
-from captum_gradeclip.adapters.attention import AttentionAdapter, attention_adapter, register_attention_adapter
 from captum_gradeclip.layers import default_layers, describe_layers
 from openclip_families import IMAGE_FAMILIES, TEXT_FAMILIES, clip_tokens, images_for, pad_mask_model, tiny_clip, zoo
 from fixtures import EMBED, build, native_image_size, text_tokens
@@ -171,24 +170,6 @@ def test_single_head_mode_runs_where_the_output_is_read_at_a_submodule(name: str
     tokens = text_tokens(model)
     tmaps = GradECLIP(TextImageSimilarity(model, torch.randn(2, EMBED)), single_head=True).attribute(tokens, target=0)
     assert torch.isfinite(tmaps).all() and tmaps.shape == tokens.shape
-
-
-def test_register_attention_adapter() -> None:
-    class Toy(nn.Module):
-        pass
-
-    class ToyAdapter(AttentionAdapter):
-        def qkv(self, args, kwargs):
-            x = args[0][:, None]
-            return x, x, x
-
-        def project(self, o):
-            return o
-
-    register_attention_adapter(lambda m: isinstance(m, Toy), ToyAdapter, "toy attention")
-    assert isinstance(attention_adapter(Toy()), ToyAdapter)
-    with pytest.raises(UnsupportedModelError, match="toy attention"):
-        attention_adapter(nn.Linear(2, 2))
 
 
 # =============================================================================================================

@@ -18,7 +18,8 @@ from torch import nn
 import captum_gradeclip
 from captum_gradeclip import UnsupportedModelError
 from captum_gradeclip.adapters import registry, registry_docs
-from captum_gradeclip.adapters.attention import AttentionAdapter, attention_adapter, is_attention_module
+from captum_gradeclip.adapters.attention import (AttentionAdapter, attention_adapter, is_attention_module,
+                                                register_attention_adapter)
 from captum_gradeclip.adapters.base import Tower, grid_layout, text_layout, words_from
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -148,7 +149,7 @@ def test_a_registered_adapter_is_tried_after_the_built_in_ones_once() -> None:
 
     assert not is_attention_module(Probe())
     for _ in range(2):
-        registry.register_attention_adapter(lambda m: isinstance(m, Probe), ProbeAdapter, "probe attention")
+        register_attention_adapter(lambda m: isinstance(m, Probe), ProbeAdapter, "probe attention")
     assert isinstance(attention_adapter(Probe()), ProbeAdapter)
     assert sum(cls is ProbeAdapter for _, cls in registry._ATTENTION.entries()) == 1
     assert [cls for _, cls in registry._ATTENTION.entries()][:len(registry.ATTENTION_KINDS)] == \

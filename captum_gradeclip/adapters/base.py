@@ -400,13 +400,13 @@ class ExplainsOneModuleMixin:
 
     root: nn.Module
 
+    @abc.abstractmethod
     def explained_module(self) -> Optional[nn.Module]:
         """The one module whose attention is explained (None: no restriction)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def refusal(self, layer: nn.Module) -> str:
         """The message of the UnsupportedModelError for a ``layer`` of the tower outside :meth:`explained_module`."""
-        raise NotImplementedError
 
     def resolve(self, layers: Sequence[nn.Module]) -> List[nn.Module]:  # type: ignore[override]
         only = self.explained_module()
