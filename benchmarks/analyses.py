@@ -4,11 +4,13 @@ The multi-object pointing game and the binding analysis also run LeGrad (captum_
     PYTHONPATH=. python benchmarks/analyses.py --models open_clip,hf --n 100 --out docs/results/analyses \
         --figures docs/images
 
-The model trained on rich captions (``open_clip_rich``) also runs the relations analysis (``"a red circle is left
-of a blue square"`` against the swapped caption) and the cross-modal correspondence of captions naming 2-3 objects:
+Models trained on rich captions (the defaults ``open_clip`` and ``hf``) also run the relations analysis (``"a red
+circle is left of a blue square"`` against the swapped caption) and the cross-modal correspondence of captions
+naming 2-3 objects, and their concreteness corpus is rich captions (prefixes, relations, counts). The 4-block models
+of version 0.1, trained on one-object captions, run the rest:
 
-    PYTHONPATH=. python benchmarks/analyses.py --models open_clip_rich --n 100 --out docs/results/analyses_rich \
-        --figures docs/images --figure-prefix analysis_rich
+    PYTHONPATH=. python benchmarks/analyses.py --models open_clip_single,hf_single --n 100 \
+        --out docs/results/analyses_single --figures docs/images --figure-prefix analysis_single
 
 ``--n`` is the number of scenes per experiment (per object count for the multi-object pointing game). ``--n 8``
 finishes in well under a minute per model on one CPU core. Every scene is held out (seeds never used in training).
@@ -29,9 +31,10 @@ from captum_gradeclip import ImageTextSimilarity
 from captum_gradeclip import analysis as A
 from captum_gradeclip.baselines import LeGrad
 from captum_gradeclip.analysis import plots
-from captum_gradeclip.analysis.shapes_world import (CONCRETENESS_ORDER, WORD_CLASSES, binding_scenes,
+from captum_gradeclip.analysis.shapes_world import (CONCRETENESS_ORDER, SCENE_CONCRETENESS_ORDER,
+                                                    SCENE_WORD_CLASSES, WORD_CLASSES, binding_scenes,
                                                     content_positions, naming_captions, relation_scenes,
-                                                    template_captions, token_strings)
+                                                    scene_corpus_captions, template_captions, token_strings)
 from captum_gradeclip.data.shapes import generate_scenes
 from captum_gradeclip.zoo import MODELS, load_shapes_clip
 
@@ -118,13 +121,17 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
             "swapped_energy": _floats(b.swapped_energy), "n": b.n}
     done()
 
-    # 3. concreteness: mean word importance by word class, the classes ordered from abstract to concrete
-    corpus = generate_scenes(4 * n, image_size=size, num_objects=(1, 3), seed=SEED + 11)
-    caps = template_captions(corpus, seed=SEED)
+    # 3. concreteness: mean word importance by word class, the classes ordered from abstract to concrete; a model
+    # trained on rich captions reads a corpus of them (prefixes, relations, counts), the others the templates
+    classes, order = (SCENE_WORD_CLASSES, SCENE_CONCRETENESS_ORDER) if rich else (WORD_CLASSES, CONCRETENESS_ORDER)
+    corpus = generate_scenes(4 * n, image_size=size, num_objects=(1, 4) if rich else (1, 3), seed=SEED + 11)
+    caps = scene_corpus_captions(corpus, seed=SEED) if rich else template_captions(corpus, seed=SEED)
     ctok = clip.tokenize(caps)
     cids = ctok if isinstance(ctok, torch.Tensor) else ctok["input_ids"]
     cstrings = token_strings(clip.tokenizer, cids)
-    ratings = A.class_ratings(WORD_CLASSES, CONCRETENESS_ORDER)
+    ratings = A.class_ratings(classes, order)
+    out["concreteness_corpus"] = {"captions": "scene_corpus_captions" if rich else "template_captions",
+                                  "class_order": list(order), "examples": caps[:3]}
     words = {}
     for name, single_head, rule in (("unmodified model", False, None), ("single_head", True, None),
                                     ("relu_then_sum", False, "relu_then_sum")):
@@ -133,7 +140,7 @@ def run_model(kind: str, n: int, progress: bool = True) -> Dict[str, Any]:
         words[name] = wi
         corr = A.rating_correlation(wi, ratings, n_boot=1000, seed=0)
         out.setdefault("concreteness", {})[name] = {
-            "by_class": {c: round(v, 4) for c, v in wi.by_class(WORD_CLASSES).items()},
+            "by_class": {c: round(v, 4) for c, v in wi.by_class(classes).items()},
             "by_word": {w: round(v, 4) for w, v in sorted(wi.mean.items(), key=lambda kv: -kv[1])},
             "spearman_with_class_order": [round(corr.rho, 4), round(corr.low, 4), round(corr.high, 4)],
             "empty_maps": wi.empty_maps, "total_maps": wi.total_maps}
@@ -231,7 +238,9 @@ def main(argv: Any = None) -> int:
                      ("pointing", plots.plot_pointing_by_count(
                          {k: v for k, v in figures["pointing"].items() if k.endswith("strict") and _in_figure(k)})),
                      ("binding", plots.plot_binding({k: v for k, v in figures["binding"].items() if _in_figure(k)})),
-                     ("words", plots.plot_word_importance(figures["words"], WORD_CLASSES, CONCRETENESS_ORDER)),
+                     ("words", plots.plot_word_importance(figures["words"], *(
+                         (SCENE_WORD_CLASSES, SCENE_CONCRETENESS_ORDER) if figures["relations"]
+                         else (WORD_CLASSES, CONCRETENESS_ORDER)))),
                      *extra]:
         fig.savefig(fig_dir / names[key], dpi=110)
         plt.close(fig)

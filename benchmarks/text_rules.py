@@ -4,11 +4,11 @@
 
 For each shipped model (open_clip, HF), each rule (``sum_then_relu``: the paper's text rule, ReLU of the sum over
 layers; ``relu_then_sum``: the sum over layers of each layer's ReLU), with and without ``single_head`` and for the
-default layers (the last 8, capped at the 4 blocks of these models) and the last 3, 2 and 1 blocks: on ``n`` matched
-caption-image pairs "a <colour> <shape>" of held-out scenes (``--seed``, never used in training), the share of
-all-zero word maps, of captions whose colour or shape word gets exactly zero, whose top word is "a", then the
-content-word share (all maps, and the non-empty ones), top word is colour/shape and the word deletion / insertion
-AUCs of ``benchmarks/quality.py``. Prints a markdown table and writes the rows as JSON.
+default layers (the last 8, capped at the 6 blocks of these models, 4 of the 0.1 models) and the last 3, 2 and 1
+blocks: on ``n`` matched caption-image pairs "a <colour> <shape>" of held-out scenes (``--seed``, never used in
+training), the share of all-zero word maps, of captions whose colour or shape word gets exactly zero, whose top
+word is "a", then the content-word share (all maps, and the non-empty ones), top word is colour/shape and the word
+deletion / insertion AUCs of ``benchmarks/quality.py``. Prints a markdown table and writes the rows as JSON.
 """
 
 from __future__ import annotations

@@ -35,13 +35,23 @@ object) or ``count`` (``"two circles and one cross"``), half of them behind a pr
 referent (``"a photo of"``, ``"there is"``, ``"a nice picture of"``, ``"a simple image with"``, ...). The
 vocabulary is :data:`RICH_WORDS` and the context :data:`RICH_CONTEXT_LENGTH` tokens. A text is a positive of
 every image of the batch it is *true of* (:func:`caption_holds`), and each relation caption brings its swapped
-twin (``"a blue square is left of a red circle"``) as an extra hard negative text. ``--init open_clip`` starts
-from the shipped open_clip model with the vocabulary and context extended by
-:func:`captum_gradeclip.finetune.vocabulary.extend_shapes_clip` (its features of the old captions unchanged) and
-``--name`` names the files. The shipped ``shapes_open_clip_rich`` model was trained with::
+twin (``"a blue square is left of a red circle"``) as an extra hard negative text.
 
-    PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch open_clip --captions rich --init open_clip \\
-        --name shapes_open_clip_rich --steps 900 --lr 2e-4 --warmup 50 --eval-every 150 --threads 1
+``--init NAME`` starts from a shipped model instead of random weights (:func:`grow_shapes_clip`): its vocabulary
+and context are extended for rich captions, and ``--layers`` / ``--text-layers`` above its depth add blocks that
+start as the identity (attention and MLP output projections zero), so the start computes the shipped model's
+features exactly. ``--name`` names the files. The shipped default models (6 blocks per tower, rich captions) were
+grown from the 4-block models of version 0.1 and trained with::
+
+    PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch open_clip --captions rich --init open_clip_single \
+        --layers 6 --text-layers 6 --name shapes_open_clip --steps 1000 --lr 2e-4 --warmup 50 --eval-every 250 \
+        --threads 1
+    PYTHONPATH=. python benchmarks/train_shapes_clip.py --arch hf --captions rich --init hf_single \
+        --layers 6 --text-layers 6 --name shapes_hf --steps 1000 --lr 2e-4 --warmup 50 --eval-every 250 \
+        --threads 1
+
+(the 0.1 models, ``shapes_open_clip_single`` and ``shapes_hf_single``, with the example command above and
+``--name``). Training times, machine and held-out metrics are in each model's JSON config.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import platform
 import random
 import shlex
@@ -61,6 +72,7 @@ import torch
 import torch.nn.functional as F
 
 from captum_gradeclip.data import (
+    CAPTION_PREFIXES,
     COLORS,
     SCENE_WORDS,
     SHAPES,
@@ -70,7 +82,7 @@ from captum_gradeclip.data import (
     generate_scenes,
     relation,
 )
-from captum_gradeclip.zoo.shapes_clip import ShapesCLIP, build_model, load_shapes_clip, shapes_clip_from_files
+from captum_gradeclip.zoo.shapes_clip import MODELS, ShapesCLIP, build_model, load_shapes_clip, shapes_clip_from_files
 from captum_gradeclip.zoo.tokenizer import DEFAULT_WORDS, ShapesTokenizer
 
 #: Caption templates sampled during training (evaluation uses "a {} {}").
@@ -83,8 +95,8 @@ CONTEXT_LENGTH = 8
 EVAL_SEED = 777_000  # held-out scenes; training seeds are (seed + 1) * 10_000_019 + step
 DEFAULT_OUT = Path(__file__).resolve().parents[1] / "captum_gradeclip" / "zoo" / "weights"
 
-#: ``--captions rich``: prefixes without a visual referent ("" = none), put before half of the captions.
-RICH_PREFIXES = ("a photo of", "there is", "a nice picture of", "a simple image with", "an image of")
+#: ``--captions rich``: prefixes without a visual referent, put before half of the captions.
+RICH_PREFIXES = CAPTION_PREFIXES
 #: ``--captions rich``: probabilities of the caption styles single, list, relation, count.
 RICH_STYLES = (("single", 0.35), ("list", 0.25), ("relation", 0.3), ("count", 0.1))
 #: ``--captions rich``: the vocabulary (the default words, the scene words, the prefix words).
@@ -93,6 +105,106 @@ RICH_WORDS: tuple[str, ...] = tuple(dict.fromkeys(
 #: ``--captions rich``: context length; the longest caption (a prefix of 4 words + 4 listed objects, 17 words)
 #: takes 19 tokens with sot and eot.
 RICH_CONTEXT_LENGTH = 20
+
+
+#: Per architecture: the key patterns of the image and text towers' blocks, the block parameters that are zeroed
+#: in a new block (its attention output and MLP output: the block starts as the identity) and the text
+#: embeddings (tokens, positions).
+_BLOCK_KEYS = {"open_clip": (r"^(visual\.transformer\.resblocks\.)(\d+)(\..*)$", r"^(transformer\.resblocks\.)(\d+)(\..*)$"),
+               "hf": (r"^(vision_model\.encoder\.layers\.)(\d+)(\..*)$", r"^(text_model\.encoder\.layers\.)(\d+)(\..*)$")}
+_IDENTITY_ZEROS = {"open_clip": (".attn.out_proj.weight", ".attn.out_proj.bias", ".mlp.c_proj.weight", ".mlp.c_proj.bias"),
+                   "hf": (".self_attn.out_proj.weight", ".self_attn.out_proj.bias", ".mlp.fc2.weight", ".mlp.fc2.bias")}
+_TEXT_EMBEDDINGS = {"open_clip": ("token_embedding.weight", "positional_embedding"),
+                    "hf": ("text_model.embeddings.token_embedding.weight",
+                           "text_model.embeddings.position_embedding.weight")}
+
+
+def block_positions(old: int, new: int) -> list[int]:
+    """Where the ``old`` trained blocks go among ``new`` blocks: spread evenly, the first and the last kept in place
+    (4 -> 6: ``[0, 2, 3, 5]``; the identity blocks are 1 and 4)."""
+    if new < old or old < 1:
+        raise ValueError(f"cannot grow {old} blocks into {new}")
+    return [0] if old == 1 else [round(i * (new - 1) / (old - 1)) for i in range(old)]
+
+
+def grow_shapes_clip(clip: ShapesCLIP, words: tuple[str, ...], context_length: int, layers: int | None,
+                     text_layers: int | None) -> ShapesCLIP:
+    """A deeper copy of a shipped shapes CLIP (open_clip or HF) with more words and a longer context that computes
+    the same features as the original for every text its tokenizer accepts.
+
+    The trained blocks keep their order (:func:`block_positions`); each new block is a fresh block whose attention
+    output and MLP output projections are zero, so it adds nothing to the residual stream until training moves
+    them. Vocabulary and context grow as in :func:`captum_gradeclip.finetune.vocabulary.extend_shapes_clip` (old
+    rows kept, end of text moved to the new largest id, new words at the mean word row, new positions copies of
+    the last one).
+    """
+    import copy
+    import re
+
+    kind = clip.kind
+    old_tok = clip.tokenizer
+    new_words = [w for w in dict.fromkeys(words) if w not in old_tok.words]
+    tok = ShapesTokenizer(words=list(old_tok.words) + new_words, context_length=max(context_length,
+                                                                                     old_tok.context_length))
+    cfg = copy.deepcopy(clip.config["model_cfg"])
+    if kind == "open_clip":
+        old_depth = (cfg["vision_cfg"]["layers"], cfg["text_cfg"]["layers"])
+        layers, text_layers = layers or old_depth[0], text_layers or old_depth[1]
+        cfg["vision_cfg"]["layers"], cfg["text_cfg"]["layers"] = layers, text_layers
+        cfg["text_cfg"].update(vocab_size=tok.vocab_size, context_length=tok.context_length, eos_id=tok.eot_id,
+                               pad_id=tok.pad_id)
+    else:
+        old_depth = (cfg["vision_config"]["num_hidden_layers"], cfg["text_config"]["num_hidden_layers"])
+        layers, text_layers = layers or old_depth[0], text_layers or old_depth[1]
+        cfg["vision_config"]["num_hidden_layers"], cfg["text_config"]["num_hidden_layers"] = layers, text_layers
+        cfg["text_config"].update(vocab_size=tok.vocab_size, max_position_embeddings=tok.context_length,
+                                  eos_token_id=tok.eot_id, pad_token_id=tok.pad_id)
+    moves = [dict(enumerate(block_positions(o, n))) for o, n in zip(old_depth, (layers, text_layers))]
+    model = build_model(kind, cfg)
+    state = model.state_dict()
+    for pattern, where, depth in zip(_BLOCK_KEYS[kind], moves, (layers, text_layers)):
+        fresh = set(range(depth)) - set(where.values())
+        for key in state:
+            m = re.match(pattern, key)
+            if m and int(m.group(2)) in fresh and m.group(3) in _IDENTITY_ZEROS[kind]:
+                state[key] = torch.zeros_like(state[key])
+    old_state = clip.model.state_dict()
+    tok_key, pos_key = _TEXT_EMBEDDINGS[kind]
+    for key, value in old_state.items():
+        if key == tok_key:
+            emb = value.new_empty(tok.vocab_size, value.shape[1])
+            emb[: old_tok.eot_id] = value[: old_tok.eot_id]
+            emb[old_tok.eot_id: tok.eot_id] = value[2: old_tok.eot_id].mean(0)
+            emb[tok.eot_id] = value[old_tok.eot_id]
+            state[key] = emb
+            continue
+        if key == pos_key:
+            extra = value[-1:].expand(tok.context_length - value.shape[0], -1)
+            state[key] = torch.cat([value, extra]).contiguous()
+            continue
+        new_key = key
+        for pattern, where in zip(_BLOCK_KEYS[kind], moves):
+            m = re.match(pattern, key)
+            if m:
+                new_key = f"{m.group(1)}{where[int(m.group(2))]}{m.group(3)}"
+        state[new_key] = value.clone()
+    model.load_state_dict(state, strict=True)
+    config = {**copy.deepcopy(clip.config), "model_cfg": cfg, "tokenizer": tok.to_dict()}
+    return ShapesCLIP(model=model.float().eval(), tokenizer=tok, kind=kind, image_size=clip.image_size,
+                      mean=clip.mean, std=clip.std, class_names=list(clip.class_names), config=config)
+
+
+def machine_description() -> str:
+    """CPU model, architecture and core count of this machine (recorded with the training time)."""
+    cpu = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"{cpu or platform.processor() or 'CPU'} ({platform.machine()}, {os.cpu_count()} cores)"
 
 
 def model_cfg(arch: str, tok: ShapesTokenizer, width: int, layers: int, text_width: int,
@@ -358,16 +470,14 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
     torch.manual_seed(args.seed)
     rich = args.captions == "rich"
     if args.init:
-        from captum_gradeclip.finetune.vocabulary import extend_shapes_clip
-
         start = load_shapes_clip(args.init)
-        if rich:
-            start = extend_shapes_clip(start, RICH_WORDS, RICH_CONTEXT_LENGTH)
+        start = grow_shapes_clip(start, RICH_WORDS if rich else (), RICH_CONTEXT_LENGTH if rich else 0,
+                                 args.layers, args.text_layers)
         tok, mcfg, model = start.tokenizer, start.config["model_cfg"], start.model
     else:
         tok = (ShapesTokenizer(RICH_WORDS, RICH_CONTEXT_LENGTH) if rich
                else ShapesTokenizer(context_length=CONTEXT_LENGTH))
-        mcfg = model_cfg(arch, tok, args.width, args.layers, args.text_width, args.text_layers,
+        mcfg = model_cfg(arch, tok, args.width, args.layers or 4, args.text_width, args.text_layers or args.layers or 4,
                          args.embed_dim)
         model = build_model(arch, mcfg)
     n_params = sum(p.numel() for p in model.parameters())
@@ -461,7 +571,7 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
             "threads": args.threads,
             "captions": args.captions,
             "init": args.init or "random",
-            "machine": platform.processor() or platform.machine(),
+            "machine": machine_description(),
             "train_seconds": round(train_s, 1),
             "torch": torch.__version__,
         },
@@ -492,9 +602,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--strict-infonce", action="store_true",
                    help="plain one-hot InfoNCE targets instead of multi-positive targets")
     p.add_argument("--width", type=int, default=128, help="vision width")
-    p.add_argument("--layers", type=int, default=4, help="vision layers")
+    p.add_argument("--layers", type=int, default=None,
+                   help="vision layers (default 4, or the --init model's; more than --init's add identity blocks)")
     p.add_argument("--text-width", type=int, default=128)
-    p.add_argument("--text-layers", type=int, default=4)
+    p.add_argument("--text-layers", type=int, default=None, help="text layers (default as --layers)")
     p.add_argument("--embed-dim", type=int, default=128)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=1)
@@ -505,7 +616,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--captions", choices=("simple", "rich"), default="simple",
                    help="simple: one-object captions; rich: lists, relations, counts and prefixes of 1-4 objects")
-    p.add_argument("--init", choices=("open_clip", "hf"), default=None,
+    p.add_argument("--init", choices=MODELS, default=None,
                    help="start from this shipped model (vocabulary/context extended for rich captions)")
     p.add_argument("--name", default=None, help="file name stem of the weights (default shapes_<arch>)")
     args = p.parse_args(argv)
@@ -517,10 +628,9 @@ def main(argv: list[str] | None = None) -> None:
     command = "PYTHONPATH=. python benchmarks/train_shapes_clip.py " + " ".join(
         shlex.quote(a) for a in (sys.argv[1:] if argv is None else argv))
     archs = ("open_clip", "hf") if args.arch == "both" else (args.arch,)
-    if args.init and archs != (args.init,):
+    init_kind = args.init.removesuffix("_single") if args.init else None
+    if args.init and archs != (init_kind,):
         p.error("--init needs --arch equal to the initial model's architecture")
-    if args.init == "hf" and args.captions == "rich":
-        p.error("--init hf cannot extend the vocabulary (extend_shapes_clip supports open_clip); train from scratch")
     if args.name and len(archs) > 1:
         p.error("--name needs a single --arch")
     results = {a: train(a, args, command) for a in archs}

@@ -85,10 +85,10 @@ def test_text_rules_script_measures_both_rules(tmp_path, capsys):
         sys.path.remove(BENCHMARKS)
     out = tmp_path / "text_rules.json"
     text_rules.main(["--n", "12", "--models", "open_clip", "--layers", "default,1", "--out", str(out)])
-    assert "| open_clip | 4 | no | sum_then_relu (paper) |" in capsys.readouterr().out
+    assert "| open_clip | 6 | no | sum_then_relu (paper) |" in capsys.readouterr().out
     rows = json.loads(out.read_text())["rows"]
     assert {(r["layers"], r["single_head"], r["layer_rule"]) for r in rows} == {
-        (layers, single_head, rule) for layers in (4, 1) for single_head in (False, True)
+        (layers, single_head, rule) for layers in (6, 1) for single_head in (False, True)
         for rule in ("sum_then_relu", "relu_then_sum")}
     for r in rows:
         assert all(0 <= r[c] <= 1 for c in text_rules.COLUMNS if c != "content-word share (non-empty)")
@@ -97,7 +97,7 @@ def test_text_rules_script_measures_both_rules(tmp_path, capsys):
         one = [by[(1, single_head, rule)] for rule in ("sum_then_relu", "relu_then_sum")]
         assert {k: v for k, v in one[0].items() if k not in ("layer_rule", "ms per map")} == \
             {k: v for k, v in one[1].items() if k not in ("layer_rule", "ms per map")}
-        empty = {rule: by[(4, single_head, rule)]["empty maps"] for rule in ("sum_then_relu", "relu_then_sum")}
+        empty = {rule: by[(6, single_head, rule)]["empty maps"] for rule in ("sum_then_relu", "relu_then_sum")}
         assert empty["relu_then_sum"] <= empty["sum_then_relu"]
 
 
@@ -114,8 +114,8 @@ def test_legrad_cost_script_times_every_method(scripts, capsys):
 
 def test_analyses_script_runs_legrad_beside_grad_eclip(scripts, tmp_path):
     import analyses
-    assert analyses.main(["--models", "open_clip", "--n", "2", "--out", str(tmp_path)]) == 0
-    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip"]
+    assert analyses.main(["--models", "open_clip_single", "--n", "2", "--out", str(tmp_path)]) == 0
+    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip_single"]
     pointing = res["multi_object_pointing"]
     for name in ("last 3 layers", "LeGrad, last layer", "LeGrad, last 3 layers", "LeGrad, all layers"):
         for label in ("strict", "tolerance"):
@@ -127,11 +127,11 @@ def test_analyses_script_runs_legrad_beside_grad_eclip(scripts, tmp_path):
     assert len(list(tmp_path.glob("*.png"))) == 4
 
 
-def test_analyses_script_runs_relations_and_correspondence_on_the_rich_model(scripts, tmp_path):
+def test_analyses_script_runs_relations_and_correspondence_on_the_default_model(scripts, tmp_path):
     import analyses
-    assert analyses.main(["--models", "open_clip_rich", "--n", "3", "--out", str(tmp_path),
+    assert analyses.main(["--models", "open_clip", "--n", "3", "--out", str(tmp_path),
                           "--figure-prefix", "rich"]) == 0
-    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip_rich"]
+    res = json.loads((tmp_path / "results.json").read_text())["models"]["open_clip"]
     assert {"last layer", "last 3 layers", "LeGrad, last 3 layers"} == set(res["relations"])
     r = res["relations"]["last layer"]
     assert r["n"] == 3 and 0.0 <= r["accuracy"] <= 1.0 and sum(r["true_energy"]) == pytest.approx(1.0, abs=1e-3)
@@ -164,7 +164,7 @@ def test_rich_training_captions_are_true_of_their_scenes(scripts):
 def test_rich_training_runs_and_saves_a_loadable_model(scripts, tmp_path):
     import train_shapes_clip as T
     from captum_gradeclip.zoo import shapes_clip_from_files
-    T.main(["--arch", "open_clip", "--captions", "rich", "--init", "open_clip", "--name", "tiny", "--steps", "2",
+    T.main(["--arch", "open_clip", "--captions", "rich", "--init", "open_clip_single", "--name", "tiny", "--steps", "2",
             "--batch-size", "16", "--warmup", "1", "--eval-n", "24", "--eval-every", "0", "--out", str(tmp_path)])
     clip = shapes_clip_from_files(tmp_path / "tiny.safetensors", tmp_path / "tiny.json")
     assert clip.tokenizer.context_length == T.RICH_CONTEXT_LENGTH and "left" in clip.tokenizer.words
@@ -172,3 +172,29 @@ def test_rich_training_runs_and_saves_a_loadable_model(scripts, tmp_path):
         == (1, T.RICH_CONTEXT_LENGTH)
     cfg = json.loads((tmp_path / "tiny.json").read_text())
     assert cfg["training"]["captions"] == "rich" and "relation_swap_acc" in cfg["metrics"]
+
+
+@pytest.mark.parametrize("name", ["open_clip_single", "hf_single"])
+def test_growing_a_shipped_model_keeps_its_features(scripts, name):
+    """``--init`` with more blocks, words and context: the new blocks start as the identity, so the grown model
+    computes the shipped model's image and text features (the default models were trained from such a start)."""
+    import torch
+
+    import train_shapes_clip as T
+    from captum_gradeclip.data.shapes import generate_scenes
+    from captum_gradeclip.zoo import load_shapes_clip
+    old = load_shapes_clip(name)
+    new = T.grow_shapes_clip(old, T.RICH_WORDS, T.RICH_CONTEXT_LENGTH, 6, 5)
+    assert T.block_positions(4, 6) == [0, 2, 3, 5] and T.block_positions(4, 5) == [0, 1, 3, 4]
+    blocks = (new.model.visual.transformer.resblocks, new.model.transformer.resblocks) if new.kind == "open_clip" \
+        else (new.model.vision_model.encoder.layers, new.model.text_model.encoder.layers)
+    assert [len(b) for b in blocks] == [6, 5]
+    assert new.tokenizer.context_length == T.RICH_CONTEXT_LENGTH and "left" in new.tokenizer.words
+    images = generate_scenes(3, seed=8).images
+    texts = ["a red circle", "a photo of a blue cross", "the green square"]
+    assert torch.allclose(new.encode_images(images), old.encode_images(images), atol=1e-6)
+    assert torch.allclose(new.encode_texts(texts), old.encode_texts(texts), atol=1e-6)
+    assert new.encode_texts(["there is a red circle left of a blue square"]).shape == (1, 128)
+    assert all(p.data_ptr() != q.data_ptr() for p, q in zip(new.model.parameters(), old.model.parameters()))
+    with pytest.raises(ValueError, match="cannot grow"):
+        T.grow_shapes_clip(old, (), 0, 3, 4)

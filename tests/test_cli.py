@@ -57,7 +57,7 @@ def test_explain_folder_model_size_image_only(scene_png, tmp_path):
     (["explain", "{png}", "--demo", "--text", "a", "--device", "cuda"], "CUDA"),
     (["explain", "{bad}", "--demo", "--text", "a"], "cannot read image"),
     (["explain", "{png}", "--demo", "--text", "a purple elephant"], "vocabulary"),
-    (["explain", "{png}", "--demo", "--text", "a", "--layers", "99"], "has 4 block(s); give --layers 1 to 4"),
+    (["explain", "{png}", "--demo", "--text", "a", "--layers", "99"], "has 6 block(s); give --layers 1 to 6"),
     (["explain", "{png}", "--demo", "--text", "a", "--explain", "text", "--layers", "5"], "text tower"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, capsys):

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def clip():
-    return load_shapes_clip("open_clip")
+    return load_shapes_clip("open_clip_single")
 
 
 # ------------------------------------------------------------------------------------------------ docstrings

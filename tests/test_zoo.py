@@ -10,6 +10,7 @@ import torch
 from captum_gradeclip.data import class_names, generate_scenes
 from captum_gradeclip.zoo import (
     KINDS,
+    MODELS,
     ShapesCLIP,
     ShapesTokenizer,
     load_shapes_clip,
@@ -23,7 +24,7 @@ MIN_SINGLE_ACC = 0.95
 MIN_MULTI_TARGET_VS_ABSENT = 0.78
 
 
-@pytest.fixture(scope="module", params=KINDS)
+@pytest.fixture(scope="module", params=MODELS)
 def clip(request: pytest.FixtureRequest) -> ShapesCLIP:
     torch.manual_seed(0)
     return load_shapes_clip(request.param)
@@ -88,12 +89,14 @@ def test_tokenizer_errors(tok: ShapesTokenizer) -> None:
 
 
 def test_weight_files_are_small() -> None:
-    for kind in KINDS:
-        w, c = weights_paths(kind)
+    assert MODELS == ("open_clip", "hf", "open_clip_single", "hf_single")
+    for name in MODELS:
+        w, c = weights_paths(name)
         assert w.is_file() and c.is_file()
-        assert w.stat().st_size < 5e6
+        assert w.name == f"shapes_{name}.safetensors" and w.stat().st_size < 6e6
         cfg = json.loads(c.read_text())
-        assert cfg["kind"] == kind and "metrics" in cfg and "training" in cfg
+        assert cfg["kind"] == name.removesuffix("_single") and "metrics" in cfg and "training" in cfg
+        assert cfg["metrics"]["single_object_acc"] >= 0.98  # 1000 held-out scenes, measured as shipped (fp16)
 
 
 def test_loader_contract(clip: ShapesCLIP) -> None:
@@ -111,7 +114,7 @@ def test_loader_contract(clip: ShapesCLIP) -> None:
         import open_clip
 
         assert isinstance(clip.model, open_clip.CLIP)
-        assert isinstance(tokens, torch.Tensor) and tokens.shape == (2, 8)
+        assert isinstance(tokens, torch.Tensor) and tokens.shape == (2, clip.tokenizer.context_length)
         img, txt, scale = clip.model(x, tokens)
     else:
         from transformers import CLIPModel
@@ -188,36 +191,30 @@ def test_loader_errors(tmp_path) -> None:
         clip.tokenize("a purple circle")
 
 
-# --------------------------------------------------------------------------- the model trained on rich captions
+# --------------------------------------------------------------------------- the defaults: rich captions, 6 blocks
 
 
-@pytest.fixture(scope="module")
-def rich() -> ShapesCLIP:
-    return load_shapes_clip("open_clip_rich")
-
-
-def test_rich_model_files_and_contract(rich: ShapesCLIP) -> None:
-    import open_clip
-
+@pytest.mark.parametrize("name", ["open_clip", "hf"])
+def test_default_models_read_rich_captions(name: str) -> None:
     from captum_gradeclip.data import SCENE_WORDS
-    from captum_gradeclip.zoo import MODELS
 
-    assert MODELS == ("open_clip", "hf", "open_clip_rich") and "open_clip_rich" not in KINDS
-    w, c = weights_paths("open_clip_rich")
-    assert w.name == "shapes_open_clip_rich.safetensors" and w.stat().st_size < 5e6
-    cfg = json.loads(c.read_text())
-    assert cfg["kind"] == "open_clip" and cfg["training"]["captions"] == "rich"
-    assert cfg["metrics"]["single_object_acc"] >= 0.98  # 1000 held-out scenes, measured as shipped (fp16)
-    assert rich.kind == "open_clip" and isinstance(rich.model, open_clip.CLIP) and not rich.model.training
-    assert set(SCENE_WORDS) <= set(rich.tokenizer.words) and rich.tokenizer.context_length == 20
+    clip = load_shapes_clip(name)
+    cfg = clip.config
+    assert clip.kind == name and cfg["training"]["captions"] == "rich" and cfg["training"]["init"] == f"{name}_single"
+    assert set(SCENE_WORDS) <= set(clip.tokenizer.words) and clip.tokenizer.context_length == 20
+    blocks = (cfg["model_cfg"]["vision_cfg"]["layers"], cfg["model_cfg"]["text_cfg"]["layers"]) if name == "open_clip" \
+        else (cfg["model_cfg"]["vision_config"]["num_hidden_layers"], cfg["model_cfg"]["text_config"]["num_hidden_layers"])
+    assert blocks == (6, 6)
     longest = "a simple image with a magenta triangle, a yellow circle, a green cross and a cyan square"
-    ids = rich.tokenize([longest, "there is a red circle", "two circles and one cross"])
+    ids = clip.tokenizer([longest, "there is a red circle", "two circles and one cross"])
     assert ids.shape == (3, 20) and ids[0].argmax().item() == 18  # sot + 17 words, then eot
-    f = rich.encode_texts(["a red circle is left of a blue square", "there is a red circle"])
+    f = clip.encode_texts(["a red circle is left of a blue square", "there is a red circle"])
     assert f.shape == (2, 128) and torch.allclose(f.norm(dim=-1), torch.ones(2), atol=1e-5)
 
 
-def test_rich_model_zero_shot_single_object(rich: ShapesCLIP) -> None:
-    b = generate_scenes(200, num_objects=1, seed=424242)
-    acc = (rich.classify(b.images).argmax(1) == b.target_class).float().mean().item()
-    assert acc >= MIN_SINGLE_ACC, f"rich: single-object zero-shot accuracy {acc:.3f}"
+@pytest.mark.parametrize("name, kind", [("open_clip_single", "open_clip"), ("hf_single", "hf")])
+def test_models_of_version_0_1_stay_available(name: str, kind: str) -> None:
+    clip = load_shapes_clip(name)
+    assert clip.kind == kind and name not in KINDS
+    assert clip.tokenizer.context_length == 8 and len(clip.tokenizer.words) == 17
+    assert "train_captions" not in clip.config and clip.config["training"]["steps"] == 1500

@@ -8,7 +8,8 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from ..data.scene_descriptions import relation
+from ..data.scene_descriptions import (CAPTION_PREFIXES, CAPTION_STYLES, NUMBER_WORDS, SHAPE_PLURALS,
+                                        describe_scene, relation)
 from ..data.shapes import COLORS, SHAPES, generate_scenes
 
 #: Word class of every word of the shipped models' vocabulary.
@@ -22,6 +23,22 @@ WORD_CLASSES: Dict[str, str] = {
 CONCRETENESS_ORDER: Tuple[str, ...] = ("function", "no visual referent", "colour", "shape")
 #: Caption templates the shipped models were trained with (fields: colour, shape).
 TEMPLATES: Tuple[str, ...] = ("a {} {}", "the {} {}", "a photo of a {} {}", "an image of a {} {}")
+
+#: Word class of every word of the rich captions (:func:`scene_corpus_captions`) that the default shipped models
+#: read: :data:`WORD_CLASSES` plus the words of :data:`~captum_gradeclip.data.CAPTION_PREFIXES`, relations,
+#: counts and plural shapes.
+SCENE_WORD_CLASSES: Dict[str, str] = {
+    **WORD_CLASSES,
+    **{w: "function" for w in ("and", "is", "with")},
+    **{w: "no visual referent" for w in ("there", "nice", "picture", "simple")},
+    **{w: "relation" for w in ("left", "right", "above", "below")},
+    **{w: "count" for w in NUMBER_WORDS},
+    **{w: "shape" for w in SHAPE_PLURALS.values()},
+}
+#: The classes of :data:`SCENE_WORD_CLASSES` from least to most concrete: relations and counts name a
+#: configuration of the scene, colours and shapes a visible property of one object.
+SCENE_CONCRETENESS_ORDER: Tuple[str, ...] = ("function", "no visual referent", "relation", "count", "colour",
+                                             "shape")
 
 
 def token_strings(tokenizer: Any, ids: Tensor) -> List[List[Optional[str]]]:
@@ -98,7 +115,7 @@ def naming_captions(scenes: Any, *, max_named: int = 3, seed: int = 0) -> Tuple[
         >>> b = generate_scenes(1, num_objects=2, seed=0)
         >>> caps, words = naming_captions(b)
         >>> caps[0].count(" and "), sorted(len(w) for w in words[0])
-        (1, [0, 0, 2, 2])
+        (1, [2, 2])
     """
     if max_named < 2:
         raise ValueError(f"max_named must be at least 2, got {max_named}")
@@ -131,3 +148,29 @@ def template_captions(scenes: Any, seed: int = 0) -> List[str]:
     cols = scenes.colors[rows, scenes.target].tolist()
     shps = scenes.shapes[rows, scenes.target].tolist()
     return [TEMPLATES[k].format(COLORS[c], SHAPES[s]) for k, c, s in zip(pick, cols, shps)]
+
+
+def scene_corpus_captions(scenes: Any, seed: int = 0) -> List[str]:
+    """A rich caption of each scene, every one mixing concrete and abstract words: a style of
+    :func:`~captum_gradeclip.data.describe_scene` drawn at random (one object, every object, a relation between two
+    objects, the counts of each shape) behind a prefix drawn from :data:`~captum_gradeclip.data.CAPTION_PREFIXES`
+    (``"there is a red circle left of a blue square"``). The words are those of :data:`SCENE_WORD_CLASSES`.
+
+    Args:
+        scenes: a :class:`~captum_gradeclip.data.ShapesBatch`.
+        seed: seed of the styles and prefixes.
+
+    Returns:
+        One caption per scene (at most 17 words: the default shipped models' context holds them).
+
+    Examples:
+        >>> from captum_gradeclip.data import generate_scenes
+        >>> caps = scene_corpus_captions(generate_scenes(3, seed=1), seed=0)
+        >>> all(w.strip(",") in SCENE_WORD_CLASSES for c in caps for w in c.split())
+        True
+    """
+    g = torch.Generator().manual_seed(seed)
+    styles = torch.randint(0, len(CAPTION_STYLES), (len(scenes),), generator=g).tolist()
+    prefixes = torch.randint(0, len(CAPTION_PREFIXES), (len(scenes),), generator=g).tolist()
+    return [f"{CAPTION_PREFIXES[p]} {describe_scene(scenes, i, CAPTION_STYLES[k])}"
+            for i, (k, p) in enumerate(zip(styles, prefixes))]

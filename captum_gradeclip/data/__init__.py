@@ -11,8 +11,8 @@ Examples:
     24
 """
 
-from .scene_descriptions import (CAPTION_STYLES, NUMBER_WORDS, RELATIONS, SCENE_WORDS, describe_scene, relation,
-                                 scene_captions)
+from .scene_descriptions import (CAPTION_PREFIXES, CAPTION_STYLES, NUMBER_WORDS, RELATIONS, SCENE_WORDS,
+                                 SHAPE_PLURALS, describe_scene, relation, scene_captions)
 from .shapes import (
     COLORS,
     DEFAULT_TEMPLATE,
@@ -36,10 +36,12 @@ __all__ = [
     "class_index",
     "class_names",
     "generate_scenes",
+    "CAPTION_PREFIXES",
     "CAPTION_STYLES",
     "NUMBER_WORDS",
     "RELATIONS",
     "SCENE_WORDS",
+    "SHAPE_PLURALS",
     "object_boxes",
     "relation",
     "describe_scene",

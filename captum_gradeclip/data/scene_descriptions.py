@@ -18,10 +18,12 @@ from typing import Sequence
 from .shapes import COLORS, SHAPES, ShapesBatch
 
 __all__ = [
+    "CAPTION_PREFIXES",
     "CAPTION_STYLES",
     "NUMBER_WORDS",
     "RELATIONS",
     "SCENE_WORDS",
+    "SHAPE_PLURALS",
     "relation",
     "describe_scene",
     "scene_captions",
@@ -39,7 +41,15 @@ NUMBER_WORDS: tuple[str, ...] = ("one", "two", "three", "four", "five", "six", "
 #: Spatial relations of ``"relation"`` captions (``"<a> is <relation> <b>"``).
 RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 
-_PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+#: Plural of each shape word (``"count"`` captions: ``"two circles"``).
+SHAPE_PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles",
+                                 "cross": "crosses"}
+_PLURALS = SHAPE_PLURALS
+
+#: Openings without a visual referent that the shipped models' rich training captions carry half of the time
+#: (``"a photo of a red circle left of a blue square"``), so that captions mix concrete and abstract words.
+CAPTION_PREFIXES: tuple[str, ...] = ("a photo of", "there is", "a nice picture of", "a simple image with",
+                                     "an image of")
 
 #: Every word a caption of :func:`describe_scene` can contain (for word-level tokenizers, e.g.
 #: :class:`~captum_gradeclip.zoo.ShapesTokenizer`): function words, relation and number words, colours, shapes

@@ -57,7 +57,8 @@ class FineTuneConfig:
     """Everything a fine-tuning run depends on (stored in every checkpoint).
 
     Attributes:
-        model: ``"shapes"`` (the shipped tiny open_clip model, vocabulary extended for scene captions) or an
+        model: ``"shapes"`` (the shipped tiny open_clip model of version 0.1, ``"open_clip_single"``, trained on
+            one-object captions, its vocabulary extended for scene captions) or an
             open_clip model name (``"ViT-B-16"``).
         pretrained: open_clip pretrained tag or checkpoint path (open_clip models only).
         data: ``"shapes"`` / ``"shapes:<style>"`` or a folder, CSV or Parquet file of image paths and captions.
@@ -175,7 +176,7 @@ def load_trainable(config: FineTuneConfig, device: torch.device) -> TrainableCLI
         from ..zoo import load_shapes_clip
         from .vocabulary import extend_shapes_clip
 
-        clip = extend_shapes_clip(load_shapes_clip("open_clip"), SCENE_WORDS, config.context_length)
+        clip = extend_shapes_clip(load_shapes_clip("open_clip_single"), SCENE_WORDS, config.context_length)
         model = clip.model.to(device).train()
         tok = clip.tokenizer
         return TrainableCLIP(model=model, tokenize=lambda texts: tok(list(texts)), image_size=clip.image_size,
@@ -525,7 +526,7 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m captum_gradeclip.finetune",
         description="Grad-ECLIP-guided fine-tuning of an open_clip model (one process, or torchrun / DDP: "
                     "torchrun --nproc_per_node N -m captum_gradeclip.finetune ...).")
-    p.add_argument("--model", default=d.model, help="'shapes' (shipped tiny model) or an open_clip model name")
+    p.add_argument("--model", default=d.model, help="'shapes' (the shipped tiny model open_clip_single) or an open_clip model name")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
     p.add_argument("--data", default=d.data, help="'shapes', 'shapes:<style>', or a folder / CSV / Parquet file")
     p.add_argument("--out", default=d.out, help="output directory (log, metrics, checkpoints)")

@@ -1,6 +1,7 @@
 """Room for fine-tuning captions in the shipped shapes CLIP: more words, a longer context.
 
-The shipped open_clip shapes model (:func:`~captum_gradeclip.zoo.load_shapes_clip`) has a word-level vocabulary
+The shipped open_clip shapes model of version 0.1 (``load_shapes_clip("open_clip_single")``, the starting point
+of :mod:`captum_gradeclip.finetune` for ``model="shapes"``) has a word-level vocabulary
 of 17 words (``a an the photo image of`` + colours + shapes) and a context of 8 tokens: enough for ``"a red
 circle"``, not for ``"a red circle, a blue square and a green cross"``. :func:`extend_shapes_clip` returns a new
 model (the shipped one is not touched) with more words and a longer context that computes **exactly** the same
@@ -16,7 +17,7 @@ Fine-tuning then learns the new rows. Real open_clip models (BPE tokenizers, 77 
 Examples:
     >>> from captum_gradeclip.zoo import load_shapes_clip
     >>> from captum_gradeclip.data import SCENE_WORDS
-    >>> old = load_shapes_clip()
+    >>> old = load_shapes_clip("open_clip_single")
     >>> new = extend_shapes_clip(old, SCENE_WORDS, context_length=16)
     >>> bool(torch.allclose(new.encode_texts(["a red circle"]), old.encode_texts(["a red circle"]), atol=1e-6))
     True

@@ -1,22 +1,24 @@
 """Tiny CLIP models trained on the synthetic shapes world, and their loader.
 
-Three models are shipped (see ``benchmarks/train_shapes_clip.py`` for how
+Four models are shipped (see ``benchmarks/train_shapes_clip.py`` for how
 they were trained), named by :data:`MODELS`:
 
-* ``"open_clip"``: an :class:`open_clip.CLIP` (ViT vision tower, patch 8 on
-  64x64 images, and a causal text transformer pooling at ``argmax(ids)``);
-* ``"hf"``: a :class:`transformers.CLIPModel` of the same size;
-* ``"open_clip_rich"``: the ``"open_clip"`` model fine-tuned on rich captions (1-4 objects, lists, spatial
-  relations, counts, prefixes such as ``"a photo of"``; vocabulary
-  :data:`~captum_gradeclip.data.SCENE_WORDS` and more, context of 20 tokens). Its ``kind`` is ``"open_clip"``.
+* ``"open_clip"`` (the default): an :class:`open_clip.CLIP` (ViT vision tower, patch 8 on 64x64 images, and a
+  causal text transformer pooling at ``argmax(ids)``), 6 blocks per tower, trained on rich captions: 1-4 objects,
+  object lists, spatial relations, counts and prefixes without a visual referent such as ``"a photo of"``
+  (vocabulary :data:`~captum_gradeclip.data.SCENE_WORDS` and more, context of 20 tokens);
+* ``"hf"``: a :class:`transformers.CLIPModel` of the same size, trained the same way;
+* ``"open_clip_single"`` and ``"hf_single"``: the models of version 0.1, 4 blocks per tower, trained on captions
+  that name one object (``"a red circle"``; 17 words, context of 8 tokens). Their ``kind`` is ``"open_clip"`` and
+  ``"hf"``.
 
-Weights live next to this module in ``weights/shapes_<kind>.safetensors`` (fp16
-on disk, loaded as fp32) with a ``weights/shapes_<kind>.json`` config holding
+Weights live next to this module in ``weights/shapes_<name>.safetensors`` (fp16
+on disk, loaded as fp32) with a ``weights/shapes_<name>.json`` config holding
 everything needed to rebuild the model: architecture kwargs, normalisation,
-image size, tokenizer vocabulary, training command/seed and measured accuracies.
+image size, tokenizer vocabulary, training command/seed, time and machine, and measured accuracies.
 
-Both models were trained only on the default :func:`~captum_gradeclip.data.generate_scenes`
-geometry (64x64 images, ``grid=2``, object radius 8-12 px, 1-3 objects). They
+The models were trained only on the default :func:`~captum_gradeclip.data.generate_scenes`
+geometry (64x64 images, ``grid=2``, object radius 8-12 px). They
 generalise poorly to other object scales (``grid=1`` or ``grid=3``: roughly
 65-80% single-object accuracy instead of ~99%), so use the defaults.
 
@@ -56,9 +58,10 @@ __all__ = [
 #: Model kinds accepted by :func:`load_shapes_clip`.
 KINDS: tuple[str, ...] = ("open_clip", "hf")
 
-#: Names of the shipped models (:func:`load_shapes_clip`, :func:`weights_paths`); ``"open_clip_rich"`` is an
-#: ``"open_clip"`` model trained on rich captions.
-MODELS: tuple[str, ...] = ("open_clip", "hf", "open_clip_rich")
+#: Names of the shipped models (:func:`load_shapes_clip`, :func:`weights_paths`): the defaults ``"open_clip"`` and
+#: ``"hf"`` (6 blocks, rich captions) and the 0.1 models ``"open_clip_single"`` and ``"hf_single"`` (4 blocks,
+#: one-object captions).
+MODELS: tuple[str, ...] = ("open_clip", "hf", "open_clip_single", "hf_single")
 
 
 def _check_kind(kind: str) -> str:
@@ -107,7 +110,7 @@ def weights_paths(kind: str) -> tuple[Path, Path]:
     """Return the ``(safetensors, json)`` paths of a shipped shapes model.
 
     Args:
-        kind: a name of :data:`MODELS`: ``"open_clip"``, ``"hf"`` or ``"open_clip_rich"``.
+        kind: a name of :data:`MODELS`: ``"open_clip"``, ``"hf"``, ``"open_clip_single"`` or ``"hf_single"``.
 
     Returns:
         Paths of the weight file and of its config inside the installed package.
@@ -363,8 +366,9 @@ def load_shapes_clip(
 
     Args:
         kind: ``"open_clip"`` (an :class:`open_clip.CLIP`), ``"hf"`` (a
-            :class:`transformers.CLIPModel`) or ``"open_clip_rich"`` (an :class:`open_clip.CLIP` trained on rich
-            captions; see :data:`MODELS`).
+            :class:`transformers.CLIPModel`), both 6 blocks per tower and trained on rich captions, or the 4-block
+            models of version 0.1 trained on one-object captions, ``"open_clip_single"`` and ``"hf_single"``
+            (see :data:`MODELS`).
         device: Target device.
         attn_implementation: HF only: e.g. ``"eager"`` so that
             ``output_attentions=True`` returns attention maps; ``None`` keeps the
