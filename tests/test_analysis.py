@@ -227,15 +227,22 @@ def test_multi_object_pointing_beats_chance_at_every_count(clip):
     assert bool((res.hit_rate > res.chance + 0.15).all()), (res.hit_rate, res.chance)
 
 
-def test_concrete_words_matter_more_on_the_shipped_model(clip):
-    sc = generate_scenes(24, image_size=clip.image_size, num_objects=(1, 3), seed=SEED + 9)
-    from captum_gradeclip.analysis.shapes_world import template_captions
-    caps = template_captions(sc, seed=1)
-    tok = clip.tokenize(caps)
-    wi = A.word_importance(A.word_maps(clip.model, tok, clip.normalize(sc.images)), token_strings(clip.tokenizer, tok))
-    by = wi.by_class(WORD_CLASSES)
+@pytest.mark.parametrize("name", ["open_clip", "open_clip_single"])
+def test_concrete_words_matter_more_on_the_shipped_model(name, clip):
+    """The default model reads a corpus of rich captions (six word classes), the 0.1 model its templates (four)."""
+    from captum_gradeclip.analysis.shapes_world import (SCENE_CONCRETENESS_ORDER, SCENE_WORD_CLASSES,
+                                                        scene_corpus_captions, template_captions)
+    model = clip if name == "open_clip" else load_shapes_clip(name)
+    rich = name == "open_clip"
+    sc = generate_scenes(24, image_size=model.image_size, num_objects=(1, 4) if rich else (1, 3), seed=SEED + 9)
+    caps = scene_corpus_captions(sc, seed=1) if rich else template_captions(sc, seed=1)
+    classes, order = (SCENE_WORD_CLASSES, SCENE_CONCRETENESS_ORDER) if rich else (WORD_CLASSES, CONCRETENESS_ORDER)
+    tok = model.tokenize(caps)
+    wi = A.word_importance(A.word_maps(model.model, tok, model.normalize(sc.images)), token_strings(model.tokenizer, tok))
+    by = wi.by_class(classes)
+    assert set(by) == set(order)
     assert by["colour"] + by["shape"] > 2 * (by["function"] + by["no visual referent"]), by
-    corr = A.rating_correlation(wi, A.class_ratings(WORD_CLASSES, CONCRETENESS_ORDER), n_boot=100)
+    corr = A.rating_correlation(wi, A.class_ratings(classes, order), n_boot=100)
     assert corr.rho > 0.2, corr
 
 

@@ -58,7 +58,7 @@ def test_explain_folder_model_size_image_only(scene_png, tmp_path):
     (["explain", "{bad}", "--demo", "--text", "a"], "cannot read image"),
     (["explain", "{png}", "--demo", "--text", "a purple elephant"], "vocabulary"),
     (["explain", "{png}", "--demo", "--text", "a", "--layers", "99"], "has 6 block(s); give --layers 1 to 6"),
-    (["explain", "{png}", "--demo", "--text", "a", "--explain", "text", "--layers", "5"], "text tower"),
+    (["explain", "{png}", "--demo", "--text", "a", "--explain", "text", "--layers", "7"], "text tower"),
 ])
 def test_bad_input_is_one_line_and_exit_2(argv, message, scene_png, tmp_path, capsys):
     import torch
@@ -105,8 +105,8 @@ def test_missing_hf_model_is_one_line(tmp_path, capsys):
 
 @pytest.fixture()
 def cancelling_scene_png(tmp_path):
-    """A held-out scene whose caption "a blue circle" gets an all-zero word map under the paper's text rule
-    (the shipped model's layers cancel on every word)."""
+    """A held-out scene (a blue circle and other objects) on which the prompt "a green triangle" gets an all-zero
+    word map under the paper's text rule (the shipped model's layers cancel on every word)."""
     from captum_gradeclip.data.shapes import generate_scenes
     scene = generate_scenes(1, image_size=64, num_objects=(2, 3), seed=6)
     path = tmp_path / "cancel.png"
@@ -116,10 +116,10 @@ def cancelling_scene_png(tmp_path):
 
 def test_empty_word_map_is_reported_not_ranked(cancelling_scene_png, tmp_path, capsys):
     out = tmp_path / "paper"
-    assert main(["explain", str(cancelling_scene_png), "--demo", "--text", "a blue circle", "--text", "a red square",
+    assert main(["explain", str(cancelling_scene_png), "--demo", "--text", "a green triangle", "--text", "a red square",
                  "--explain", "text", "--out", str(out)]) == 0
     printed = capsys.readouterr().out
-    line = next(s for s in printed.splitlines() if s.startswith("  'a blue circle'"))
+    line = next(s for s in printed.splitlines() if s.startswith("  'a green triangle'"))
     assert "no word has a positive contribution under the paper's rule (sum over layers, then ReLU)" in line
     assert "--layer-rule relu_then_sum" in line and "word shares" not in line
     assert "'a red square': word shares" in printed
@@ -128,10 +128,10 @@ def test_empty_word_map_is_reported_not_ranked(cancelling_scene_png, tmp_path, c
     assert page.count('class="gradeclip-empty"') == 1 and "--layer-rule relu_then_sum" in page
 
     other = tmp_path / "other"
-    assert main(["explain", str(cancelling_scene_png), "--demo", "--text", "a blue circle", "--explain", "text",
+    assert main(["explain", str(cancelling_scene_png), "--demo", "--text", "a green triangle", "--explain", "text",
                  "--layer-rule", "relu_then_sum", "--out", str(other)]) == 0
     printed = capsys.readouterr().out
-    assert "'a blue circle': word shares" in printed and "no word has" not in printed
+    assert "'a green triangle': word shares" in printed and "no word has" not in printed
     assert np.load(other / "cancel_maps.npz")["word_maps"][0].sum() > 0
     assert "gradeclip-empty" not in (other / "cancel_words.html").read_text()
 

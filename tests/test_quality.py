@@ -33,7 +33,8 @@ def test_image_maps_point_at_the_named_object(setting):
     pg = {name: float(pointing_game(m, scenes.target_mask).float().mean())
           for name, m in (("last", last), ("multi", multi), ("random", random))}
     energy = float(energy_pointing_game(multi, scenes.target_mask).mean())
-    # measured at shipping (48 scenes): last 0.56, last 3 layers 0.67, random 0.00; energy 0.27
+    # measured at shipping (48 scenes, the 6-block default model): last 0.58, last 3 layers 0.60, random 0.00;
+    # energy 0.32 (the 4-block model of 0.1: 0.56, 0.67, 0.00; 0.27)
     assert pg["last"] >= 0.3 and pg["multi"] >= 0.45 and pg["random"] < 0.2, pg
     assert energy >= 0.18
 
@@ -44,7 +45,8 @@ def test_legrad_points_at_the_named_object(setting):
     strict = float(pointing_game(maps, scenes.target_mask).float().mean())
     tolerant = float(pointing_game(maps, scenes.target_mask, tolerance="standard").float().mean())
     energy = float(energy_pointing_game(maps, scenes.target_mask).mean())
-    # measured when LeGrad was added (48 scenes, all 4 layers): strict 0.75, 15 px at 224: 0.90, energy 0.16
+    # measured at shipping (48 scenes, all 6 layers): strict 0.77, 15 px at 224: 0.94, energy 0.17 (the 0.1 model,
+    # all 4 layers: 0.75, 0.90, 0.16)
     assert strict >= 0.55 and tolerant >= 0.7 and tolerant >= strict and energy >= 0.1, (strict, tolerant, energy)
 
 
@@ -55,7 +57,7 @@ def test_deletion_beats_a_random_map(setting):
     kw = dict(target=targets, steps=8, generator=torch.Generator().manual_seed(0))
     ours = float(deletion_auc(scorer, pixels, maps, **kw).mean())
     chance = float(deletion_auc(scorer, pixels, random, **kw).mean())
-    assert ours < chance - 0.05, (ours, chance)  # measured at shipping: 0.038 vs 0.275
+    assert ours < chance - 0.05, (ours, chance)  # measured at shipping: 0.086 vs 0.292 (0.1 model: 0.038 vs 0.275)
 
 
 def test_word_maps_favour_colour_and_shape(setting):
@@ -63,4 +65,4 @@ def test_word_maps_favour_colour_and_shape(setting):
     ids = clip.tokenize(scenes.captions)
     words = GradECLIP(TextImageSimilarity(clip.model, pixels)).attribute(ids, target=list(range(N)))
     share = (words[:, 2:4].sum(-1) / words.sum(-1).clamp_min(1e-12)).mean()  # "a <colour> <shape>"
-    assert float(share) >= 0.55, float(share)  # measured at shipping: 0.70
+    assert float(share) >= 0.55, float(share)  # measured at shipping: 0.68, 11 of 48 maps empty (0.1 model: 0.70)

@@ -120,7 +120,7 @@ def test_bad_input_is_a_clear_refusal(service, scene, tmp_path, lm, image, promp
 
 @pytest.mark.parametrize("layers, size, message", [
     (-1, "native", "from 0"), (2.5, "native", "whole number"), ("x", "native", "whole number"),
-    (99, "native", "to 4"), (0, "square", "size mode must be one of"),
+    (99, "native", "to 6"), (0, "square", "size mode must be one of"),
 ])
 def test_bad_options_are_refused(service, scene, layers, size, message):
     with pytest.raises(RequestError, match=message):

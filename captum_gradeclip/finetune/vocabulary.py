@@ -2,7 +2,7 @@
 
 The shipped open_clip shapes model of version 0.1 (``load_shapes_clip("open_clip_single")``, the starting point
 of :mod:`captum_gradeclip.finetune` for ``model="shapes"``) has a word-level vocabulary
-of 17 words (``a an the photo image of`` + colours + shapes) and a context of 8 tokens: enough for ``"a red
+of 16 words (``a an the photo image of`` + colours + shapes) and a context of 8 tokens: enough for ``"a red
 circle"``, not for ``"a red circle, a blue square and a green cross"``. :func:`extend_shapes_clip` returns a new
 model (the shipped one is not touched) with more words and a longer context that computes **exactly** the same
 features for every text the old tokenizer accepts:

@@ -9,7 +9,7 @@ they were trained), named by :data:`MODELS`:
   (vocabulary :data:`~captum_gradeclip.data.SCENE_WORDS` and more, context of 20 tokens);
 * ``"hf"``: a :class:`transformers.CLIPModel` of the same size, trained the same way;
 * ``"open_clip_single"`` and ``"hf_single"``: the models of version 0.1, 4 blocks per tower, trained on captions
-  that name one object (``"a red circle"``; 17 words, context of 8 tokens). Their ``kind`` is ``"open_clip"`` and
+  that name one object (``"a red circle"``; 16 words, context of 8 tokens). Their ``kind`` is ``"open_clip"`` and
   ``"hf"``.
 
 Weights live next to this module in ``weights/shapes_<name>.safetensors`` (fp16
