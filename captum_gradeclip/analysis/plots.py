@@ -84,14 +84,14 @@ def plot_word_importance(results: Mapping[str, WordImportance], classes: Mapping
                          order: Sequence[str]) -> Any:
     """Mean normalised importance per word class (ordered least to most concrete), one bar group per result."""
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(5.2, 3.2))
+    fig, ax = plt.subplots(figsize=(max(5.2, 1.2 * len(order)), 3.2))
     width = 0.8 / max(len(results), 1)
     for k, (name, wi) in enumerate(results.items()):
         by: Dict[str, float] = wi.by_class(classes)
         ax.bar([i + k * width for i in range(len(order))], [by.get(c, 0.0) for c in order], width=width,
                label=name)
     ax.set_xticks([i + width * (len(results) - 1) / 2 for i in range(len(order))])
-    ax.set_xticklabels(order, fontsize=8)
+    ax.set_xticklabels([c.replace(" ", "\n", 1) if len(c) > 10 else c for c in order], fontsize=8)
     ax.set_ylabel("mean share of the caption's importance")
     ax.legend(fontsize=7)
     fig.tight_layout()
@@ -100,15 +100,22 @@ def plot_word_importance(results: Mapping[str, WordImportance], classes: Mapping
 
 def plot_relations(results: Mapping[str, RelationSwap]) -> Any:
     """Left: accuracy of the true over the swapped relation caption, overall and per relation, against chance
-    (0.5); it is the model's, the same for every explainer, so it is drawn once. Right: energy split of the true
-    and the swapped captions' maps over A (named first by the true caption), B and the background, per result."""
+    (0.5); it is the model's, the same for every explainer, so it is drawn once per model (the part of a result's
+    name before ``": "``, e.g. ``"open_clip: last layer"``). Right: energy split of the true and the swapped
+    captions' maps over A (named first by the true caption), B and the background, per result."""
     plt = _plt()
     fig, axes = plt.subplots(1, 2, figsize=(9.6, 3.4))
-    if results:
-        r = next(iter(results.values()))
-        rels = list(r.accuracy_by_relation)
-        axes[0].bar(range(len(rels) + 1), [r.accuracy, *r.accuracy_by_relation.values()], color="tab:blue")
-        axes[0].set_xticks(range(len(rels) + 1))
+    models: Dict[str, RelationSwap] = {}
+    for name, r in results.items():
+        models.setdefault(name.split(": ", 1)[0] if ": " in name else "", r)
+    if models:
+        rels = list(next(iter(models.values())).accuracy_by_relation)
+        w = 0.8 / len(models)
+        for k, (model, r) in enumerate(models.items()):
+            axes[0].bar([i + k * w for i in range(len(rels) + 1)],
+                        [r.accuracy, *(r.accuracy_by_relation.get(x, float("nan")) for x in rels)], width=w,
+                        label=model or None)
+        axes[0].set_xticks([i + w * (len(models) - 1) / 2 for i in range(len(rels) + 1)])
         axes[0].set_xticklabels(["all", *rels], fontsize=8)
     axes[0].axhline(0.5, color="k", ls=":", lw=1, label="chance")
     axes[0].set_ylim(0, 1)
