@@ -35,7 +35,8 @@ object) or ``count`` (``"two circles and one cross"``), half of them behind a pr
 referent (``"a photo of"``, ``"there is"``, ``"a nice picture of"``, ``"a simple image with"``, ...). The
 vocabulary is :data:`RICH_WORDS` and the context :data:`RICH_CONTEXT_LENGTH` tokens. A text is a positive of
 every image of the batch it is *true of* (:func:`caption_holds`), and each relation caption brings its swapped
-twin (``"a blue square is left of a red circle"``) as an extra hard negative text.
+twin (``"a blue square is left of a red circle"``) as an extra hard negative text. ``--styles`` reweights the
+styles (default :data:`RICH_STYLES`: single 0.35, list 0.25, relation 0.3, count 0.1).
 
 ``--init NAME`` starts from a shipped model instead of random weights (:func:`grow_shapes_clip`): its vocabulary
 and context are extended for rich captions, and ``--layers`` / ``--text-layers`` above its depth add blocks that
@@ -73,6 +74,7 @@ import torch.nn.functional as F
 
 from captum_gradeclip.data import (
     CAPTION_PREFIXES,
+    CAPTION_STYLES,
     COLORS,
     SCENE_WORDS,
     SHAPES,
@@ -192,6 +194,27 @@ def grow_shapes_clip(clip: ShapesCLIP, words: tuple[str, ...], context_length: i
     config = {**copy.deepcopy(clip.config), "model_cfg": cfg, "tokenizer": tok.to_dict()}
     return ShapesCLIP(model=model.float().eval(), tokenizer=tok, kind=kind, image_size=clip.image_size,
                       mean=clip.mean, std=clip.std, class_names=list(clip.class_names), config=config)
+
+
+def parse_styles(text: str) -> tuple[tuple[str, float], ...]:
+    """``"single=0.35,relation=0.65"`` -> ``(("single", 0.35), ("relation", 0.65))``: rich caption styles and their
+    weights (:data:`~captum_gradeclip.data.CAPTION_STYLES`; weights >= 0, at least one > 0)."""
+    out = []
+    for part in text.split(","):
+        name, _, weight = part.partition("=")
+        name = name.strip()
+        if name not in CAPTION_STYLES:
+            raise argparse.ArgumentTypeError(f"unknown caption style {name!r}; expected one of {CAPTION_STYLES}")
+        try:
+            w = float(weight)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"style {name!r} needs a weight, e.g. {name}=0.3") from None
+        if w < 0:
+            raise argparse.ArgumentTypeError(f"style {name!r} has a negative weight {w}")
+        out.append((name, w))
+    if not any(w > 0 for _, w in out):
+        raise argparse.ArgumentTypeError("at least one caption style needs a positive weight")
+    return tuple(out)
 
 
 def machine_description() -> str:
@@ -346,14 +369,16 @@ def caption_holds(meaning: tuple, facts: dict[str, Any]) -> bool:
     return a in c and b in c and relation(c[a], c[b]) == rel
 
 
-def make_rich_batch(batch_size: int, single_frac: float, seed: int, tok: ShapesTokenizer):
-    """One ``--captions rich`` batch: images, ids (own captions, then swapped relation captions), positives."""
+def make_rich_batch(batch_size: int, single_frac: float, seed: int, tok: ShapesTokenizer,
+                    styles: tuple[tuple[str, float], ...] = RICH_STYLES):
+    """One ``--captions rich`` batch: images, ids (own captions, then swapped relation captions), positives;
+    ``styles`` are the caption styles with their probabilities (:data:`RICH_STYLES` by default)."""
     n_single = int(round(batch_size * single_frac))
     parts = [generate_scenes(batch_size - n_single, num_objects=(1, 4), seed=seed)]
     if n_single:
         parts.append(generate_scenes(n_single, num_objects=1, seed=seed + 5_000_011))
     rng = random.Random(seed + 9_000_041)
-    styles, weights = zip(*RICH_STYLES)
+    styles, weights = zip(*styles)
     caps: list[str] = []
     meanings: list[tuple] = []
     extra_caps: list[str] = []
@@ -499,7 +524,7 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
             gr["lr"] = lr_at(step)
         batch_seed = (args.seed + 1) * 10_000_019 + step
         if rich:
-            x, ids, pos = make_rich_batch(args.batch_size, args.single_frac, batch_seed, tok)
+            x, ids, pos = make_rich_batch(args.batch_size, args.single_frac, batch_seed, tok, args.styles)
             if args.strict_infonce:
                 pos = torch.eye(*pos.shape, dtype=torch.bool)
             img, txt, scale = forward_features(model, arch, x, ids, tok)
@@ -553,7 +578,7 @@ def train(arch: str, args: argparse.Namespace, command: str) -> dict[str, Any]:
         "class_names": class_names(),
         "prompt_template": "a {} {}",
         "train_templates": list(TRAIN_TEMPLATES),
-        **({"train_captions": {"styles": dict(RICH_STYLES), "prefixes": list(RICH_PREFIXES),
+        **({"train_captions": {"styles": dict(args.styles), "prefixes": list(RICH_PREFIXES),
                                "prefix_probability": 0.5, "num_objects": [1, 4],
                                "hard_negatives": "swapped relation captions"}} if rich else {}),
         "stored_dtype": args.store_dtype,
@@ -616,6 +641,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--log-every", type=int, default=50)
     p.add_argument("--captions", choices=("simple", "rich"), default="simple",
                    help="simple: one-object captions; rich: lists, relations, counts and prefixes of 1-4 objects")
+    p.add_argument("--styles", type=parse_styles, default=RICH_STYLES,
+                   help="--captions rich: caption styles and weights, e.g. 'single=0.2,list=0.2,relation=0.5,count=0.1' "
+                        "(default: " + ",".join(f"{k}={v}" for k, v in RICH_STYLES) + ")")
     p.add_argument("--init", choices=MODELS, default=None,
                    help="start from this shipped model (vocabulary/context extended for rich captions)")
     p.add_argument("--name", default=None, help="file name stem of the weights (default shapes_<arch>)")

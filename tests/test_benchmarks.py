@@ -198,3 +198,21 @@ def test_growing_a_shipped_model_keeps_its_features(scripts, name):
     assert all(p.data_ptr() != q.data_ptr() for p, q in zip(new.model.parameters(), old.model.parameters()))
     with pytest.raises(ValueError, match="cannot grow"):
         T.grow_shapes_clip(old, (), 0, 3, 4)
+
+
+def test_rich_caption_styles_can_be_weighted(scripts):
+    """``--styles``: only relation captions -> every scene of 2+ objects brings one swapped twin (a hard negative);
+    bad specifications are refused with the accepted styles."""
+    import argparse
+
+    import train_shapes_clip as T
+    assert T.parse_styles("single=0.2, relation=0.8") == (("single", 0.2), ("relation", 0.8))
+    for bad, message in (("colour=1", "unknown caption style"), ("relation", "needs a weight"),
+                         ("relation=-1", "negative"), ("relation=0", "positive weight")):
+        with pytest.raises(argparse.ArgumentTypeError, match=message):
+            T.parse_styles(bad)
+    tok = T.ShapesTokenizer(T.RICH_WORDS, T.RICH_CONTEXT_LENGTH)
+    x, ids, pos = T.make_rich_batch(16, 0.0, seed=5, tok=tok, styles=(("relation", 1.0),))
+    from captum_gradeclip.data.shapes import generate_scenes
+    multi = int((generate_scenes(16, num_objects=(1, 4), seed=5).num_objects > 1).sum())
+    assert ids.shape[0] == 16 + multi and pos.shape == (16, 16 + multi)
