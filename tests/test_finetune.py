@@ -504,3 +504,24 @@ def test_dense_encoder_on_a_config_built_open_clip_and_unsupported_towers() -> N
                             text_cfg=dict(context_length=8, vocab_size=50, width=32, heads=2, layers=1))
     with pytest.raises(UnsupportedModelError, match="region features"):
         DenseImageEncoder(resnet)
+
+
+def test_fine_tuning_can_start_from_the_default_shapes_model(tmp_path) -> None:
+    """``model="shapes:open_clip"``: the default 6-block model (its context of 20 kept, nothing to extend), trained
+    for two steps and checkpointed; ``"shapes"`` stays the 0.1 model; unknown names are refused."""
+    from captum_gradeclip.finetune.train import SHAPES_MODELS, load_trainable
+    from captum_gradeclip.zoo import load_shapes_clip
+    assert FineTuneConfig().shapes_model == "open_clip_single" and FineTuneConfig(model="ViT-B-16").shapes_model is None
+    t = load_trainable(FineTuneConfig(model="shapes:open_clip"), torch.device("cpu"))
+    shipped = load_shapes_clip("open_clip")
+    assert t.description["context_length"] == 20 and len(t.model.transformer.resblocks) == 6
+    ids = t.tokenize(["there is a red circle left of a blue square"])
+    assert torch.equal(ids, shipped.tokenize(["there is a red circle left of a blue square"]))
+    with torch.no_grad():
+        assert torch.allclose(t.model.encode_text(ids), shipped.model.encode_text(ids), atol=1e-6)
+    res = train(_config(tmp_path / "run", model="shapes:open_clip", steps=2, save_every=2, loss="global"))
+    assert len(res.losses) == 2 and res.checkpoint is not None
+    for bad in ("shapes:hf", "shapes:open_clip_rich"):
+        with pytest.raises(ValueError, match="unknown shipped shapes model"):
+            FineTuneConfig(model=bad).check()
+    assert SHAPES_MODELS == ("open_clip_single", "open_clip")

@@ -46,10 +46,12 @@ from .phrases import PhraseExtractor, WordListPhrases, extract_all
 from .regions import DenseImageEncoder, normalize_maps, phrase_maps, pool_regions
 
 __all__ = ["FineTuneConfig", "TrainableCLIP", "TrainResult", "FeatureEncoder", "load_trainable", "load_finetuned",
-           "step_loss", "train", "main", "LOSSES"]
+           "step_loss", "train", "main", "LOSSES", "SHAPES_MODELS"]
 
 #: Losses of :func:`train`: CLIP's contrastive loss alone, or with the Grad-ECLIP region-phrase loss.
 LOSSES = ("global", "grad_eclip")
+#: Shipped shapes models that ``model="shapes:<name>"`` can start from (the open_clip ones of ``zoo.MODELS``).
+SHAPES_MODELS = ("open_clip_single", "open_clip")
 
 
 @dataclass
@@ -58,7 +60,9 @@ class FineTuneConfig:
 
     Attributes:
         model: ``"shapes"`` (the shipped tiny open_clip model of version 0.1, ``"open_clip_single"``, trained on
-            one-object captions, its vocabulary extended for scene captions) or an
+            one-object captions, its vocabulary extended for scene captions), ``"shapes:<name>"`` for another
+            shipped open_clip shapes model (``"shapes:open_clip"``: the default 6-block model trained on rich
+            captions) or an
             open_clip model name (``"ViT-B-16"``).
         pretrained: open_clip pretrained tag or checkpoint path (open_clip models only).
         data: ``"shapes"`` / ``"shapes:<style>"`` or a folder, CSV or Parquet file of image paths and captions.
@@ -123,6 +127,9 @@ class FineTuneConfig:
             raise ValueError("lr must be > 0, weight_decay and warmup >= 0")
         if not self.region_temperature > 0 or self.region_weight < 0:
             raise ValueError("region_temperature must be > 0 and region_weight >= 0")
+        if self.model.startswith("shapes:") and self.shapes_model not in SHAPES_MODELS:
+            raise ValueError(f"unknown shipped shapes model {self.model!r}; expected 'shapes' or one of "
+                             f"{['shapes:' + m for m in SHAPES_MODELS]}")
         if self.phrase_template is not None and self.phrase_template.count("{}") != 1:
             raise ValueError(f"phrase_template must contain one '{{}}', got {self.phrase_template!r}")
 
@@ -131,7 +138,14 @@ class FineTuneConfig:
         """The phrase prompt template in use."""
         if self.phrase_template is not None:
             return self.phrase_template
-        return "a {}" if self.model == "shapes" else "a photo of a {}"
+        return "a {}" if self.shapes_model else "a photo of a {}"
+
+    @property
+    def shapes_model(self) -> Optional[str]:
+        """The shipped shapes model to start from (``"shapes"`` is ``"open_clip_single"``), or None."""
+        if self.model == "shapes":
+            return "open_clip_single"
+        return self.model.partition(":")[2] if self.model.startswith("shapes:") else None
 
 
 @dataclass
@@ -171,17 +185,19 @@ def load_trainable(config: FineTuneConfig, device: torch.device) -> TrainableCLI
     Returns:
         TrainableCLIP: the model in train mode.
     """
-    if config.model == "shapes":
+    if config.shapes_model:
         from ..data.scene_descriptions import SCENE_WORDS
         from ..zoo import load_shapes_clip
         from .vocabulary import extend_shapes_clip
 
-        clip = extend_shapes_clip(load_shapes_clip("open_clip_single"), SCENE_WORDS, config.context_length)
+        base = load_shapes_clip(config.shapes_model)
+        context = max(config.context_length, base.tokenizer.context_length)
+        clip = extend_shapes_clip(base, SCENE_WORDS, context)
         model = clip.model.to(device).train()
         tok = clip.tokenizer
         return TrainableCLIP(model=model, tokenize=lambda texts: tok(list(texts)), image_size=clip.image_size,
                              mean=tuple(clip.mean), std=tuple(clip.std),
-                             description={"model": "shapes", "context_length": config.context_length,
+                             description={"model": config.model, "context_length": context,
                                           "vocab": tok.vocab})
     from ..loading import load_open_clip
 
@@ -526,7 +542,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m captum_gradeclip.finetune",
         description="Grad-ECLIP-guided fine-tuning of an open_clip model (one process, or torchrun / DDP: "
                     "torchrun --nproc_per_node N -m captum_gradeclip.finetune ...).")
-    p.add_argument("--model", default=d.model, help="'shapes' (the shipped tiny model open_clip_single) or an open_clip model name")
+    p.add_argument("--model", default=d.model,
+                   help="'shapes' (the shipped tiny model open_clip_single), 'shapes:open_clip' (the default 6-block "
+                        "shapes model) or an open_clip model name")
     p.add_argument("--pretrained", default=None, help="open_clip pretrained tag or checkpoint path")
     p.add_argument("--data", default=d.data, help="'shapes', 'shapes:<style>', or a folder / CSV / Parquet file")
     p.add_argument("--out", default=d.out, help="output directory (log, metrics, checkpoints)")
