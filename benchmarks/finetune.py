@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     out = Path(args.out)
     rank = int(os.environ.get("RANK", "0"))
-    config = FineTuneConfig(out=str(out), loss=args.loss, steps=max(args.steps, 1), batch_size=args.batch_size,
+    config = FineTuneConfig(model=args.model, out=str(out), loss=args.loss, steps=max(args.steps, 1),
+                            batch_size=args.batch_size,
                             lr=args.lr, seed=args.seed, region_weight=args.region_weight,
                             region_temperature=args.region_temperature, save_every=max(args.steps, 1),
                             warmup=min(args.warmup, max(args.steps, 1)), progress=not args.no_progress)
@@ -66,6 +67,7 @@ def run(args: argparse.Namespace) -> int:
                   "world_size": int(os.environ.get("WORLD_SIZE", "1")), "checkpoint": str(res.checkpoint),
                   "first_loss": res.losses[0], "last_loss": res.losses[-1]}
     train_seconds = time.perf_counter() - start
+    result["model"] = args.model
     scores = evaluate_shapes(trainable.model, trainable.tokenize, trainable.normalize, n_multi=args.n_eval,
                              n_single=args.n_eval)
     result.update(scores)
@@ -80,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
 
 def cost(args: argparse.Namespace) -> int:
     """Median seconds of a full step (forward, backward, AdamW step) of each loss, interleaved."""
-    config = FineTuneConfig(batch_size=args.batch_size)
+    config = FineTuneConfig(model=args.model, batch_size=args.batch_size)
     trainable = load_trainable(config, torch.device("cpu"))
     data = ShapesCaptions(10 * args.batch_size, seed=args.seed)
     images01, captions = collate([data[i] for i in range(args.batch_size)])
@@ -191,6 +193,8 @@ def collect(args: argparse.Namespace) -> int:
 def main(argv: List[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--loss", choices=LOSSES, default="grad_eclip")
+    p.add_argument("--model", default="shapes",
+                   help="'shapes' (the 0.1 model open_clip_single, the documented runs) or 'shapes:open_clip'")
     p.add_argument("--steps", type=int, default=300, help="0: evaluate the shipped model")
     p.add_argument("--out", default="runs/finetune")
     p.add_argument("--batch-size", type=int, default=64)
