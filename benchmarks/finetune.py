@@ -127,8 +127,9 @@ def figure(dirs: Dict[str, Path], path: Path, n: int = 4) -> None:
     prompts = class_prompts()
     models = {}
     for name, d in dirs.items():
+        base_model = json.loads((d / "results.json").read_text()).get("model", "shapes") if name == "base" else None
         models[name] = load_finetuned(d / "checkpoints") if name != "base" else \
-            load_trainable(FineTuneConfig(), torch.device("cpu"))
+            load_trainable(FineTuneConfig(model=base_model), torch.device("cpu"))
     cols = 1 + 2 * len(models)
     fig, axes = plt.subplots(n, cols, figsize=(1.9 * cols, 2.0 * n))
     for j, (name, t) in enumerate(models.items()):
