@@ -187,6 +187,13 @@ def _named_area(masks: torch.Tensor, object_words: Any) -> float:
     return float((area * named).sum(1).mean())
 
 
+def _classes_seen(results: Dict[str, Any]) -> list:
+    """The word classes of the models' corpora, least to most concrete (:data:`SCENE_CONCRETENESS_ORDER` is the
+    order of every class; a template corpus has four of them)."""
+    seen = {c for m in results["models"].values() for c in m["concreteness_corpus"]["class_order"]}
+    return [c for c in SCENE_CONCRETENESS_ORDER if c in seen]
+
+
 def _in_figure(name: str) -> bool:
     """The figures show Grad-ECLIP's results and LeGrad's over the last 3 layers (the JSON has every result)."""
     return "LeGrad" not in name or "last 3 layers" in name
@@ -238,9 +245,8 @@ def main(argv: Any = None) -> int:
                      ("pointing", plots.plot_pointing_by_count(
                          {k: v for k, v in figures["pointing"].items() if k.endswith("strict") and _in_figure(k)})),
                      ("binding", plots.plot_binding({k: v for k, v in figures["binding"].items() if _in_figure(k)})),
-                     ("words", plots.plot_word_importance(figures["words"], *(
-                         (SCENE_WORD_CLASSES, SCENE_CONCRETENESS_ORDER) if figures["relations"]
-                         else (WORD_CLASSES, CONCRETENESS_ORDER)))),
+                     ("words", plots.plot_word_importance(figures["words"], SCENE_WORD_CLASSES,
+                                                          _classes_seen(results))),
                      *extra]:
         fig.savefig(fig_dir / names[key], dpi=110)
         plt.close(fig)

@@ -58,11 +58,13 @@ grown from the 4-block models of version 0.1 and trained with::
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import os
 import platform
 import random
+import re
 import shlex
 import sys
 import time
@@ -84,6 +86,7 @@ from captum_gradeclip.data import (
     generate_scenes,
     relation,
 )
+from captum_gradeclip.finetune.vocabulary import extend_text_embeddings
 from captum_gradeclip.zoo.shapes_clip import MODELS, ShapesCLIP, build_model, load_shapes_clip, shapes_clip_from_files
 from captum_gradeclip.zoo.tokenizer import DEFAULT_WORDS, ShapesTokenizer
 
@@ -136,13 +139,9 @@ def grow_shapes_clip(clip: ShapesCLIP, words: tuple[str, ...], context_length: i
 
     The trained blocks keep their order (:func:`block_positions`); each new block is a fresh block whose attention
     output and MLP output projections are zero, so it adds nothing to the residual stream until training moves
-    them. Vocabulary and context grow as in :func:`captum_gradeclip.finetune.vocabulary.extend_shapes_clip` (old
-    rows kept, end of text moved to the new largest id, new words at the mean word row, new positions copies of
-    the last one).
+    them. Vocabulary and context grow with
+    :func:`captum_gradeclip.finetune.vocabulary.extend_text_embeddings`, as in ``extend_shapes_clip``.
     """
-    import copy
-    import re
-
     kind = clip.kind
     old_tok = clip.tokenizer
     new_words = [w for w in dict.fromkeys(words) if w not in old_tok.words]
@@ -172,17 +171,9 @@ def grow_shapes_clip(clip: ShapesCLIP, words: tuple[str, ...], context_length: i
                 state[key] = torch.zeros_like(state[key])
     old_state = clip.model.state_dict()
     tok_key, pos_key = _TEXT_EMBEDDINGS[kind]
+    state[tok_key], state[pos_key] = extend_text_embeddings(old_state[tok_key], old_state[pos_key], old_tok, tok)
     for key, value in old_state.items():
-        if key == tok_key:
-            emb = value.new_empty(tok.vocab_size, value.shape[1])
-            emb[: old_tok.eot_id] = value[: old_tok.eot_id]
-            emb[old_tok.eot_id: tok.eot_id] = value[2: old_tok.eot_id].mean(0)
-            emb[tok.eot_id] = value[old_tok.eot_id]
-            state[key] = emb
-            continue
-        if key == pos_key:
-            extra = value[-1:].expand(tok.context_length - value.shape[0], -1)
-            state[key] = torch.cat([value, extra]).contiguous()
+        if key in (tok_key, pos_key):
             continue
         new_key = key
         for pattern, where in zip(_BLOCK_KEYS[kind], moves):
@@ -219,14 +210,11 @@ def parse_styles(text: str) -> tuple[tuple[str, float], ...]:
 
 def machine_description() -> str:
     """CPU model, architecture and core count of this machine (recorded with the training time)."""
-    cpu = ""
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:  # not Linux: platform.processor() below
+        lines = []
+    cpu = next((line.split(":", 1)[1].strip() for line in lines if line.startswith("model name")), "")
     return f"{cpu or platform.processor() or 'CPU'} ({platform.machine()}, {os.cpu_count()} cores)"
 
 

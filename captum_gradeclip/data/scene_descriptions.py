@@ -44,7 +44,6 @@ RELATIONS: tuple[str, ...] = ("left of", "right of", "above", "below")
 #: Plural of each shape word (``"count"`` captions: ``"two circles"``).
 SHAPE_PLURALS: dict[str, str] = {"circle": "circles", "square": "squares", "triangle": "triangles",
                                  "cross": "crosses"}
-_PLURALS = SHAPE_PLURALS
 
 #: Openings without a visual referent that the shipped models' rich training captions carry half of the time
 #: (``"a photo of a red circle left of a blue square"``), so that captions mix concrete and abstract words.
@@ -56,7 +55,7 @@ CAPTION_PREFIXES: tuple[str, ...] = ("a photo of", "there is", "a nice picture o
 #: and plural shapes.
 SCENE_WORDS: tuple[str, ...] = (
     ("a", "and", "is", "left", "right", "of", "above", "below")
-    + NUMBER_WORDS + COLORS + SHAPES + tuple(_PLURALS[s] for s in SHAPES)
+    + NUMBER_WORDS + COLORS + SHAPES + tuple(SHAPE_PLURALS[s] for s in SHAPES)
 )
 
 
@@ -153,7 +152,7 @@ def describe_scene(batch: ShapesBatch, index: int, style: str = "list", *, other
     counts = [0] * len(SHAPES)
     for m in order:
         counts[int(batch.shapes[i, m])] += 1
-    parts = [f"{NUMBER_WORDS[c - 1]} {SHAPES[s] if c == 1 else _PLURALS[SHAPES[s]]}"
+    parts = [f"{NUMBER_WORDS[c - 1]} {SHAPES[s] if c == 1 else SHAPE_PLURALS[SHAPES[s]]}"
              for s, c in enumerate(counts) if c]
     return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 

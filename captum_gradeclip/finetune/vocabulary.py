@@ -34,7 +34,30 @@ import torch
 
 from ..zoo import ShapesCLIP, ShapesTokenizer, build_model
 
-__all__ = ["extend_shapes_clip"]
+__all__ = ["extend_shapes_clip", "extend_text_embeddings"]
+
+
+def extend_text_embeddings(token_embedding: torch.Tensor, positional_embedding: torch.Tensor,
+                           old: ShapesTokenizer, new: ShapesTokenizer) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token and position embeddings for ``new``, a tokenizer whose words start with ``old``'s, that keep the
+    features of every text ``old`` accepts: the old rows stay, new words start at the mean old word row, the
+    end-of-text row moves to the new largest id, new positions start as copies of the last old one.
+
+    Args:
+        token_embedding: ``(old.vocab_size, D)``.
+        positional_embedding: ``(old.context_length, D)``.
+        old: the tokenizer the embeddings belong to.
+        new: the extended tokenizer (``new.words[:len(old.words)] == old.words``, context at least ``old``'s).
+
+    Returns:
+        ``(token_embedding (new.vocab_size, D), positional_embedding (new.context_length, D))``, new tensors.
+    """
+    emb = token_embedding.new_empty(new.vocab_size, token_embedding.shape[1])
+    emb[: old.eot_id] = token_embedding[: old.eot_id]                         # pad, sot and the old words
+    emb[old.eot_id: new.eot_id] = token_embedding[2: old.eot_id].mean(0)      # new words: the mean old word
+    emb[new.eot_id] = token_embedding[old.eot_id]                             # end of text, now the largest id
+    extra = positional_embedding[-1:].expand(new.context_length - positional_embedding.shape[0], -1)
+    return emb, torch.cat([positional_embedding, extra]).contiguous()
 
 
 def extend_shapes_clip(clip: ShapesCLIP, words: Sequence[str], context_length: int) -> ShapesCLIP:
@@ -69,15 +92,8 @@ def extend_shapes_clip(clip: ShapesCLIP, words: Sequence[str], context_length: i
     dev = clip.device
     model = build_model("open_clip", cfg["model_cfg"]).to(dev)
     state = {k: v.detach().clone() for k, v in clip.model.state_dict().items()}
-    old_emb = state["token_embedding.weight"]
-    emb = old_emb.new_empty(tok.vocab_size, old_emb.shape[1])
-    emb[: old_tok.eot_id] = old_emb[: old_tok.eot_id]                     # pad, sot and the old words
-    emb[old_tok.eot_id: tok.eot_id] = old_emb[2: old_tok.eot_id].mean(0)  # new words: the mean old word
-    emb[tok.eot_id] = old_emb[old_tok.eot_id]                             # end of text, now the largest id
-    state["token_embedding.weight"] = emb
-    old_pos = state["positional_embedding"]
-    extra = old_pos[-1:].expand(context_length - old_pos.shape[0], -1)
-    state["positional_embedding"] = torch.cat([old_pos, extra]).contiguous()
+    state["token_embedding.weight"], state["positional_embedding"] = extend_text_embeddings(
+        state["token_embedding.weight"], state["positional_embedding"], old_tok, tok)
     model.load_state_dict(state, strict=True)
     return ShapesCLIP(model=model.float().eval(), tokenizer=tok, kind="open_clip", image_size=clip.image_size,
                       mean=clip.mean, std=clip.std, class_names=list(clip.class_names), config=cfg)
